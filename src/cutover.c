@@ -1,0 +1,291 @@
+/*-------------------------------------------------------------------------
+ *
+ * cutover.c
+ *		  CALL zdm.cutover(): start the cutover worker and relay what it says.
+ *
+ * The caller checks its arguments and the obvious preconditions, starts the
+ * worker of worker.c with a DSM segment holding the shared state and a
+ * message queue, and turns each NOTICE the worker sends into a NOTICE of
+ * its own as it arrives; the worker's ERROR becomes the caller's ERROR, with
+ * its SQLSTATE.  If the caller is cancelled or terminated, a cleanup that
+ * also runs at process exit asks the worker to give up, and waits a moment
+ * for it to unlock the source.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "libpq/pqformat.h"
+#include "libpq/pqmq.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "storage/dsm.h"
+#include "storage/ipc.h"
+#include "storage/proc.h"
+#include "storage/shm_mq.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#include "pg_zdm.h"
+
+PG_FUNCTION_INFO_V1(zdm_cutover);
+
+/* Largest sequence_buffer accepted: beyond it the number is surely a typo. */
+#define MAX_SEQUENCE_BUFFER		INT64CONST(1000000000000)
+
+/* Longest timeout accepted. */
+#define MAX_TIMEOUT_MS			(INT64CONST(24) * 60 * 60 * 1000)
+
+/* How long a cancelled caller waits for its worker to unlock the source. */
+#define WORKER_EXIT_WAIT_MS		10000
+
+typedef struct CutoverCall
+{
+	dsm_segment *seg;
+	CutoverShared *shared;
+	BackgroundWorkerHandle *handle;
+} CutoverCall;
+
+/*
+ * The timeout argument in milliseconds; refuses NULL, zero, negative and
+ * more than a day.
+ */
+static int64
+timeout_argument(FunctionCallInfo fcinfo)
+{
+	Interval   *timeout;
+	int64		ms;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("timeout must not be null"),
+				 errhint("Pass an interval such as '5 min', or leave it out for the default.")));
+	timeout = PG_GETARG_INTERVAL_P(0);
+	ms = timeout->time / 1000 +
+		((int64) timeout->day + (int64) timeout->month * DAYS_PER_MONTH) * SECS_PER_DAY * 1000;
+	if (ms <= 0 || ms > MAX_TIMEOUT_MS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("timeout must be positive and at most one day"),
+				 errdetail("The timeout given is %lld ms.", (long long) ms),
+				 errhint("Pass an interval such as '5 min'.")));
+	return ms;
+}
+
+static int64
+sequence_buffer_argument(FunctionCallInfo fcinfo)
+{
+	int64		buffer;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("sequence_buffer must not be null"),
+				 errhint("Pass a number of values such as 5000, or leave it out for the default.")));
+	buffer = PG_GETARG_INT64(1);
+	if (buffer < 0 || buffer > MAX_SEQUENCE_BUFFER)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("sequence_buffer must be between 0 and " INT64_FORMAT, MAX_SEQUENCE_BUFFER),
+				 errdetail("The value given is " INT64_FORMAT ".", buffer),
+				 errhint("The buffer is how many values each sequence on the target is moved past the source's; the default is 5000.")));
+	return buffer;
+}
+
+/*
+ * Refuse early, with the source untouched, what the worker would refuse.
+ */
+static void
+check_preconditions(void)
+{
+	MigrationState state;
+
+	SPI_connect();
+	if (!state_load(&state))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("there is no migration to cut over"),
+				 errhint("Start one with CALL zdm.init(source_dsn).")));
+	if (strcmp(state.phase, "completed") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the migration is already complete"),
+				 errdetail("The cutover completed at %s, final source position %s.",
+						   state.completed_at, state.final_lsn),
+				 errhint("The target is independent; point the application at it.")));
+	if (SPI_execute("SELECT 1 FROM pg_catalog.pg_subscription s "
+					"JOIN pg_catalog.pg_subscription_rel r ON r.srsubid = s.oid "
+					"WHERE s.subname = '" ZDM_SUBSCRIPTION "' "
+					"  AND s.subdbid = (SELECT oid FROM pg_catalog.pg_database "
+					"                   WHERE datname = pg_catalog.current_database()) "
+					"  AND r.srsubstate <> 'r'", true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the subscription's tables");
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the initial copy has not finished"),
+				 errdetail("Some tables are not ready yet; the source was not locked."),
+				 errhint("Wait until SELECT * FROM zdm.status() shows every table ready (zdm.tables() lists them).")));
+	SPI_finish();
+
+	if (!migration_lock_try())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("a cutover or another pg_zdm command is already running on this database"),
+				 errhint("Wait for it to finish; zdm.status() shows its progress.")));
+	migration_lock_release();
+}
+
+/*
+ * Ask the worker to give up and wait, briefly, until it has (the source is
+ * then writable again).  Runs on ERROR and at process exit; never throws.
+ */
+static void
+stop_worker(int code, Datum arg)
+{
+	CutoverCall *call = (CutoverCall *) DatumGetPointer(arg);
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   WORKER_EXIT_WAIT_MS);
+	Latch	   *worker_latch;
+	pid_t		pid;
+
+	SpinLockAcquire(&call->shared->mutex);
+	call->shared->abort_requested = true;
+	worker_latch = call->shared->worker_latch;
+	SpinLockRelease(&call->shared->mutex);
+	if (worker_latch)
+		SetLatch(worker_latch);
+
+	HOLD_INTERRUPTS();
+	while (GetBackgroundWorkerPid(call->handle, &pid) != BGWH_STOPPED &&
+		   GetCurrentTimestamp() < deadline)
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 10, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+	RESUME_INTERRUPTS();
+}
+
+/*
+ * Turn one message of the worker into ours: a NOTICE is re-emitted, an
+ * ERROR raised.
+ */
+static void
+relay_message(char *data, Size nbytes)
+{
+	StringInfoData msg;
+	ErrorData	edata;
+	char		msgtype;
+
+	initStringInfo(&msg);
+	appendBinaryStringInfo(&msg, data, nbytes);
+	msgtype = pq_getmsgbyte(&msg);
+	if (msgtype != 'E' && msgtype != 'N')
+		return;
+	pq_parse_errornotice(&msg, &edata);
+	edata.elevel = Min(edata.elevel, ERROR);
+	ThrowErrorData(&edata);
+}
+
+/*
+ * Wait for the worker's messages until it detaches from the queue.
+ */
+static void
+relay_until_done(shm_mq_handle *mqh)
+{
+	for (;;)
+	{
+		Size		nbytes;
+		void	   *data;
+		shm_mq_result res;
+
+		CHECK_FOR_INTERRUPTS();
+		res = shm_mq_receive(mqh, &nbytes, &data, true);
+		if (res == SHM_MQ_SUCCESS)
+			relay_message(data, nbytes);
+		else if (res == SHM_MQ_DETACHED)
+			return;
+		else
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, 0,
+							 PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
+	}
+}
+
+/*
+ * CALL zdm.cutover(timeout, sequence_buffer)
+ */
+Datum
+zdm_cutover(PG_FUNCTION_ARGS)
+{
+	int64		timeout_ms = timeout_argument(fcinfo);
+	int64		sequence_buffer = sequence_buffer_argument(fcinfo);
+	BackgroundWorker worker;
+	CutoverCall call;
+	shm_mq	   *mq;
+	shm_mq_handle *mqh;
+	pid_t		pid;
+
+	check_preconditions();
+
+	call.seg = dsm_create(MAXALIGN(sizeof(CutoverShared)) + CUTOVER_QUEUE_SIZE, 0);
+	call.shared = dsm_segment_address(call.seg);
+	memset(call.shared, 0, sizeof(CutoverShared));
+	SpinLockInit(&call.shared->mutex);
+	call.shared->database_id = MyDatabaseId;
+	call.shared->user_id = GetUserId();
+	call.shared->timeout_ms = timeout_ms;
+	call.shared->sequence_buffer = sequence_buffer;
+	mq = shm_mq_create((char *) call.shared + MAXALIGN(sizeof(CutoverShared)),
+					   CUTOVER_QUEUE_SIZE);
+	shm_mq_set_receiver(mq, MyProc);
+	mqh = shm_mq_attach(mq, call.seg, NULL);
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_ConsistentState;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "pg_zdm");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "zdm_cutover_worker_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "pg_zdm cutover");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "pg_zdm cutover");
+	worker.bgw_main_arg = UInt32GetDatum(dsm_segment_handle(call.seg));
+	worker.bgw_notify_pid = MyProcPid;
+
+	if (!RegisterDynamicBackgroundWorker(&worker, &call.handle))
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("could not start the cutover worker"),
+				 errdetail("Every background worker slot of this server is in use; the source was not locked."),
+				 errhint("Raise max_worker_processes (needs a restart), or retry once parallel queries have finished.")));
+
+	PG_ENSURE_ERROR_CLEANUP(stop_worker, PointerGetDatum(&call));
+	{
+		if (WaitForBackgroundWorkerStartup(call.handle, &pid) != BGWH_STARTED)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+					 errmsg("the cutover worker did not start"),
+					 errdetail("The source was not locked."),
+					 errhint("See the server log.")));
+		shm_mq_set_handle(mqh, call.handle);
+		relay_until_done(mqh);
+	}
+	PG_END_ENSURE_ERROR_CLEANUP(stop_worker, PointerGetDatum(&call));
+
+	(void) WaitForBackgroundWorkerShutdown(call.handle);
+	if (!call.shared->succeeded)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("the cutover worker ended without completing the cutover"),
+				 errhint("See the server log and SELECT * FROM zdm.status().")));
+	dsm_detach(call.seg);
+	PG_RETURN_VOID();
+}

@@ -1,0 +1,267 @@
+/*-------------------------------------------------------------------------
+ *
+ * fence.c
+ *		  The write fence on the source: nothing can commit a change to a
+ *		  published table while it holds, and it goes away by itself when the
+ *		  cutover does.
+ *
+ * The fence is one transaction in a source session of its own that holds
+ * LOCK TABLE ... IN EXCLUSIVE MODE on every published table.  EXCLUSIVE
+ * conflicts with the ROW EXCLUSIVE lock every INSERT, UPDATE, DELETE, MERGE
+ * and COPY FROM takes, and with TRUNCATE and DDL, for every role and every
+ * session, whatever default_transaction_read_only says; plain SELECT still
+ * runs.  Writers that come later queue behind the fence.  Transactions that
+ * already hold a conflicting lock are given zdm.lock_grace_period to end,
+ * then terminated (they were never acknowledged, so nothing is lost).
+ *
+ * Because the fence is a transaction on a connection, every failure ends it:
+ * an ERROR, a killed worker, a restarted target close the connection and the
+ * source rolls the transaction back.  If the target goes silent instead, the
+ * session's idle_in_transaction_session_timeout (zdm.fence_idle_timeout)
+ * ends it.  The worker pings the fence while it waits so that the timeout
+ * only fires when the target is really gone.
+ *
+ * In the same transaction the fence creates what keeps the source read-only
+ * after success: schema zdm_fence with a statement trigger on every published
+ * table that rejects writes.  Committing the fence (fence_commit) is the
+ * cutover's point of no return: it publishes those triggers and releases the
+ * locks in one step, so the writers queued behind the fence wake up to the
+ * triggers.  Rolling it back leaves no trace.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "storage/latch.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#include "pg_zdm.h"
+
+/* How often the fence looks for sessions to terminate once the grace ends. */
+#define TERMINATE_INTERVAL_MS	100
+
+/* fence_make_permanent's statements are still running in the fence session */
+static bool permanent_pending = false;
+
+/*
+ * The published tables, quoted and qualified, from the source's catalog.
+ */
+static List *
+published_tables(PGconn *control)
+{
+	RemoteResult *res;
+	List	   *tables = NIL;
+	int			row;
+
+	res = remote_query(control,
+					   "SELECT schemaname, tablename FROM pg_publication_tables "
+					   "WHERE pubname = '" ZDM_PUBLICATION "' ORDER BY 1, 2",
+					   0, NULL, "listing the published tables");
+	for (row = 0; row < res->ntuples; row++)
+		tables = lappend(tables,
+						 (char *) quote_qualified_identifier(remote_value(res, row, 0),
+															 remote_value(res, row, 1)));
+	return tables;
+}
+
+static char *
+join_names(List *names)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+
+	initStringInfo(&buf);
+	foreach(lc, names)
+	{
+		if (buf.len > 0)
+			appendStringInfoString(&buf, ", ");
+		appendStringInfoString(&buf, (char *) lfirst(lc));
+	}
+	return buf.data;
+}
+
+/*
+ * Terminate the source sessions that keep the fence from being granted.
+ * Returns how many were terminated.
+ */
+static int
+terminate_blockers(PGconn *control, int fence_pid)
+{
+	char		pid[16];
+	const char *params[1] = {pid};
+	RemoteResult *res;
+
+	snprintf(pid, sizeof(pid), "%d", fence_pid);
+	res = remote_query(control,
+					   "SELECT count(pg_terminate_backend(b)) "
+					   "FROM unnest(pg_blocking_pids($1::int)) AS b WHERE b <> 0",
+					   1, params, "ending transactions that block the fence");
+	return atoi(remote_value(res, 0, 0));
+}
+
+/*
+ * fence_acquire: open the fence session and take the fence.  Returns the
+ * connection, in an open transaction holding the locks, once they are
+ * granted; throws when the deadline passes first.  *ntables receives how
+ * many tables are fenced.
+ */
+PGconn *
+fence_acquire(const char *dsn, PGconn *control, int *ntables)
+{
+	List	   *tables = published_tables(control);
+	TimestampTz started = GetCurrentTimestamp();
+	TimestampTz next_terminate;
+	StringInfoData sql;
+	PGconn	   *fence;
+	int			terminated = 0;
+
+	if (tables == NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("publication %s on the source has no tables to fence", ZDM_PUBLICATION)));
+	*ntables = list_length(tables);
+
+	fence = remote_connect(dsn, "to fence writes");
+	remote_keep_across_abort(fence);
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "SET idle_in_transaction_session_timeout = %d; "
+					 "SET statement_timeout = 0; SET lock_timeout = 0; "
+					 "SET synchronous_commit = on",
+					 zdm_fence_idle_timeout_ms);
+	remote_command(fence, sql.data, "setting up the fence session");
+
+	resetStringInfo(&sql);
+	appendStringInfo(&sql, "BEGIN; LOCK TABLE %s IN EXCLUSIVE MODE",
+					 join_names(tables));
+	remote_send(fence, sql.data, "fencing writes");
+
+	next_terminate = TimestampTzPlusMilliseconds(started, zdm_lock_grace_ms);
+	while (!remote_result_ready(fence, "fencing writes"))
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (GetCurrentTimestamp() >= next_terminate)
+		{
+			terminated += terminate_blockers(control, PQbackendPID(fence));
+			next_terminate = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														 TERMINATE_INTERVAL_MS);
+		}
+		(void) WaitLatchOrSocket(MyLatch,
+								 WL_LATCH_SET | WL_SOCKET_READABLE |
+								 WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+								 PQsocket(fence), TERMINATE_INTERVAL_MS,
+								 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+	(void) remote_receive(fence, "fencing writes");
+
+	if (terminated > 0)
+		ereport(NOTICE,
+				(errmsg("terminated %d source sessions whose open write transactions blocked the fence",
+						terminated),
+				 errdetail("They were open longer than zdm.lock_grace_period; their transactions were rolled back and never acknowledged.")));
+	return fence;
+}
+
+/*
+ * fence_make_permanent: in the fence transaction, create what keeps the
+ * source read-only once the fence commits: a trigger on every published
+ * table rejecting writes.  Sent without waiting; fence_commit collects it.
+ */
+void
+fence_make_permanent(PGconn *fence, PGconn *control)
+{
+	List	   *tables = published_tables(control);
+	StringInfoData sql;
+	ListCell   *lc;
+
+	initStringInfo(&sql);
+	appendStringInfoString(&sql,
+						   "CREATE SCHEMA " ZDM_FENCE_SCHEMA "; "
+						   "CREATE FUNCTION " ZDM_FENCE_SCHEMA ".reject_write() "
+						   "RETURNS trigger LANGUAGE plpgsql AS $zdm$ BEGIN "
+						   "RAISE EXCEPTION USING ERRCODE = 'read_only_sql_transaction', "
+						   "MESSAGE = 'this database was migrated by pg_zdm and is read-only', "
+						   "HINT = 'Write to the new server. To make this one writable again: "
+						   "DROP SCHEMA " ZDM_FENCE_SCHEMA " CASCADE.'; "
+						   "END $zdm$; ");
+	foreach(lc, tables)
+		appendStringInfo(&sql,
+						 "CREATE TRIGGER zdm_reject_write BEFORE INSERT OR UPDATE "
+						 "OR DELETE OR TRUNCATE ON %s FOR EACH STATEMENT "
+						 "EXECUTE FUNCTION " ZDM_FENCE_SCHEMA ".reject_write(); ",
+						 (char *) lfirst(lc));
+	remote_send(fence, sql.data, "making the source read-only");
+	permanent_pending = true;
+}
+
+/*
+ * fence_ping: keep the fence session's idle timer from firing while the
+ * worker waits.  Only when it is idle; a fence still busy with
+ * fence_make_permanent is not idle anyway.
+ */
+void
+fence_ping(PGconn *fence)
+{
+	if (permanent_pending)
+	{
+		if (!remote_result_ready(fence, "making the source read-only"))
+			return;
+		(void) remote_receive(fence, "making the source read-only");
+		permanent_pending = false;
+	}
+	remote_command(fence, "SELECT 1", "watching the fence");
+}
+
+/*
+ * fence_commit: the point of no return.  Drop the publication and commit:
+ * the read-only triggers become permanent and the locks go.  Throws if the
+ * commit cannot be confirmed; the caller then asks the source whether the
+ * fence schema exists to know what happened.
+ */
+void
+fence_commit(PGconn *fence)
+{
+	if (permanent_pending)
+	{
+		(void) remote_receive(fence, "making the source read-only");
+		permanent_pending = false;
+	}
+	remote_command(fence, "DROP PUBLICATION " ZDM_PUBLICATION "; COMMIT",
+				   "committing the fence");
+}
+
+/*
+ * fence_release: end the fence without a trace, and be sure it is gone
+ * before returning: the fence session is terminated through the control
+ * connection (a LOCK still waiting in it would otherwise keep writers
+ * queued), then closed.  Never throws.
+ */
+void
+fence_release(PGconn *fence, PGconn *control, const char *dsn)
+{
+	char		pid[16];
+	const char *params[1] = {pid};
+	PGconn	   *helper = NULL;
+	char	   *reason;
+
+	if (fence == NULL)
+		return;
+	permanent_pending = false;
+	snprintf(pid, sizeof(pid), "%d", PQbackendPID(fence));
+	if (control == NULL || PQstatus(control) != CONNECTION_OK ||
+		PQisBusy(control))
+		control = helper = remote_connect_quietly(dsn, 5000, &reason);
+	remote_disconnect(fence);
+	if (control != NULL)
+		(void) remote_command_quietly(control,
+									  "SELECT pg_terminate_backend(pid, 5000) "
+									  "FROM pg_stat_activity WHERE pid = $1::int",
+									  1, params, 6000);
+	remote_disconnect(helper);
+}

@@ -1,0 +1,55 @@
+/*-------------------------------------------------------------------------
+ *
+ * pg_zdm.c
+ *		  Module entry point: the GUCs and the log filter.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "utils/guc.h"
+
+#include "pg_zdm.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+/* How long the fence waits for open write transactions before ending them. */
+int			zdm_lock_grace_ms = 1000;
+
+/* How soon the source drops the fence by itself if the target goes silent. */
+int			zdm_fence_idle_timeout_ms = 10000;
+
+/* How often the cutover worker looks at the catch-up progress. */
+int			zdm_poll_interval_ms = 5;
+
+void
+_PG_init(void)
+{
+	DefineCustomIntVariable("zdm.lock_grace_period",
+							"How long the cutover waits for open write transactions on the source before terminating them.",
+							"Writes are already blocked during this wait; transactions terminated are rolled back and were never acknowledged.",
+							&zdm_lock_grace_ms,
+							1000, 0, 60000,
+							PGC_SUSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("zdm.fence_idle_timeout",
+							"How long the source keeps writes blocked when it hears nothing from the cutover.",
+							"The source session holding the write fence ends itself (and so unlocks the source) after this much silence, e.g. when the target or the network dies.",
+							&zdm_fence_idle_timeout_ms,
+							10000, 1000, 600000,
+							PGC_SUSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("zdm.poll_interval",
+							"How often the cutover worker checks whether the target has caught up.",
+							NULL,
+							&zdm_poll_interval_ms,
+							5, 1, 1000,
+							PGC_SUSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	MarkGUCPrefixReserved("zdm");
+
+	dsn_install_log_filter();
+}

@@ -1,0 +1,158 @@
+/*-------------------------------------------------------------------------
+ *
+ * pg_zdm.h
+ *		  Declarations shared by the files of pg_zdm.
+ *
+ * pg_zdm runs on the target database and reaches the source with libpq.
+ * The files split by responsibility: dsn.c (connection strings and keeping
+ * the password out of every message), remote.c (interruptible libpq),
+ * state.c (the migration row and the event log), checks.c, init.c,
+ * status.c, abort.c, subscription.c (the local subscription), cutover.c
+ * (the caller side of zdm.cutover), worker.c (the background worker that
+ * runs it), fence.c (blocking writes on the source) and sequences.c.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PG_ZDM_H
+#define PG_ZDM_H
+
+#include "fmgr.h"
+#include "libpq-fe.h"
+#include "nodes/pg_list.h"
+#include "storage/latch.h"
+#include "storage/spin.h"
+#include "utils/timestamp.h"
+
+/* Fixed names of the objects a migration creates. */
+#define ZDM_PUBLICATION		"zdm_pub"
+#define ZDM_SUBSCRIPTION	"zdm_sub"
+#define ZDM_FENCE_SCHEMA	"zdm_fence"
+
+/* GUCs (pg_zdm.c) */
+extern int	zdm_lock_grace_ms;
+extern int	zdm_fence_idle_timeout_ms;
+extern int	zdm_poll_interval_ms;
+
+/* dsn.c */
+extern char *dsn_validate(const char *dsn);
+extern char *dsn_mask(const char *dsn);
+extern int	dsn_connect_timeout(const char *dsn);
+extern void dsn_install_log_filter(void);
+
+/* remote.c: a result copied out of libpq, so no PGresult outlives a call */
+typedef struct RemoteResult
+{
+	int			ntuples;
+	int			nfields;
+	char	  **values;			/* row-major, NULL for SQL NULL */
+} RemoteResult;
+
+extern PGconn *remote_connect(const char *dsn, const char *purpose);
+extern PGconn *remote_try_connect(const char *dsn, char **errmsg);
+extern void remote_keep_across_abort(PGconn *conn);
+extern PGconn *remote_connect_quietly(const char *dsn, int timeout_ms,
+									  char **errmsg);
+extern void remote_disconnect(PGconn *conn);
+extern RemoteResult *remote_query(PGconn *conn, const char *sql,
+								  int nparams, const char *const *params,
+								  const char *step);
+extern void remote_command(PGconn *conn, const char *sql, const char *step);
+extern bool remote_send(PGconn *conn, const char *sql, const char *step);
+extern RemoteResult *remote_receive(PGconn *conn, const char *step);
+extern bool remote_result_ready(PGconn *conn, const char *step);
+extern bool remote_command_quietly(PGconn *conn, const char *sql,
+								   int nparams, const char *const *params,
+								   int timeout_ms);
+extern RemoteResult *remote_query_quietly(PGconn *conn, const char *sql,
+										  int nparams, const char *const *params,
+										  int timeout_ms);
+extern void remote_set_deadline(TimestampTz deadline);
+extern const char *remote_value(RemoteResult *res, int row, int col);
+
+/* state.c */
+typedef struct MigrationState
+{
+	char	   *source_conninfo;
+	char	   *source_display;
+	char	   *publication_name;
+	char	   *slot_name;
+	char	   *subscription_name;
+	bool		ignore_missing;
+	bool		defer_copy;
+	char	   *phase;
+	char	   *final_lsn;		/* NULL until cut over */
+	char	   *completed_at;	/* NULL until cut over */
+} MigrationState;
+
+extern bool state_load(MigrationState *state);
+extern void state_insert(const char *conninfo, const char *slot_name,
+						 bool ignore_missing, bool defer_copy);
+extern void state_set_phase(const char *phase);
+extern void state_begin_detach(const char *final_lsn);
+extern void state_complete(const char *final_lsn, double writes_blocked_ms);
+extern void state_delete(void);
+extern void event_log(const char *event, const char *fmt,...) pg_attribute_printf(2, 3);
+extern bool migration_lock_try(void);
+extern void migration_lock_release(void);
+extern void require_nonatomic(FunctionCallInfo fcinfo, const char *procname);
+extern char *target_slot_name(void);
+
+/* checks.c */
+typedef struct CheckResult
+{
+	const char *name;
+	bool		ok;
+	bool		blocking;		/* zdm.init refuses when this fails */
+	int			sqlstate;		/* errcode zdm.init raises for it */
+	char	   *detail;
+	char	   *hint;
+} CheckResult;
+
+extern List *run_checks(PGconn *conn, bool ignore_missing, bool defer_copy,
+					   List **published);
+
+/* subscription.c */
+extern void subscription_create(const char *conninfo, const char *slot_name,
+								bool copy_data);
+extern Oid	subscription_oid(void);
+extern bool subscription_drop(void);
+extern void subscription_set_enabled(bool enabled);
+
+/* source.c */
+extern bool source_drop_slots(PGconn *conn, const char *slot_name, Oid subid,
+							  int timeout_ms);
+extern bool source_drop_publication(PGconn *conn, int timeout_ms);
+
+/* fence.c */
+extern PGconn *fence_acquire(const char *dsn, PGconn *control, int *ntables);
+extern void fence_make_permanent(PGconn *fence, PGconn *control);
+extern void fence_ping(PGconn *fence);
+extern void fence_commit(PGconn *fence);
+extern void fence_release(PGconn *fence, PGconn *control, const char *dsn);
+
+/* sequences.c */
+extern int	sequences_sync(PGconn *source, int64 buffer, int *unmatched);
+
+/*
+ * The cutover: shared between the caller of zdm.cutover (cutover.c) and the
+ * background worker that does the work (worker.c), in a DSM segment followed
+ * by the message queue that carries the worker's NOTICEs and ERROR back.
+ */
+typedef struct CutoverShared
+{
+	slock_t		mutex;
+	Oid			database_id;
+	Oid			user_id;
+	int64		timeout_ms;
+	int64		sequence_buffer;
+	Latch	   *worker_latch;	/* set by the worker once it runs */
+	bool		abort_requested;	/* the caller gave up: unlock and stop */
+	bool		past_no_return; /* the source is read-only for good */
+	bool		succeeded;
+} CutoverShared;
+
+#define CUTOVER_QUEUE_SIZE	65536
+
+extern PGDLLEXPORT void zdm_cutover_worker_main(Datum main_arg);
+
+#endif							/* PG_ZDM_H */

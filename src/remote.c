@@ -1,0 +1,581 @@
+/*-------------------------------------------------------------------------
+ *
+ * remote.c
+ *		  The libpq connection to the source, without ever blocking interrupts.
+ *
+ * Connect and query loops wait on the process latch and the socket together,
+ * so pg_cancel_backend, pg_terminate_backend, statement_timeout and
+ * postmaster death all stop a call that waits on a slow or silent source
+ * (the same loops as libpqwalreceiver.c; PostgreSQL 16 packaged them in
+ * libpq-be-fe-helpers.h, which 15 lacks).
+ *
+ * No PGresult outlives a call: results are copied into palloc'd memory and
+ * cleared before any ERROR.  Every connection is registered; one still open
+ * when its (sub)transaction aborts is closed then, so an ERROR never leaks a
+ * PGconn.  The cutover worker, whose connections span local transactions,
+ * calls remote_keep_across_abort.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/fd.h"
+#include "storage/latch.h"
+#include "utils/memutils.h"
+#include "utils/wait_event.h"
+
+#include "pg_zdm.h"
+
+typedef struct OpenConnection
+{
+	PGconn	   *conn;
+	SubTransactionId subid;		/* closed when this subxact aborts */
+	bool		kept;			/* survives (sub)transaction abort */
+} OpenConnection;
+
+static List *open_connections = NIL;	/* in TopMemoryContext */
+static bool callbacks_registered = false;
+static TimestampTz remote_deadline = 0;
+
+static void close_on_abort(XactEvent event, void *arg);
+static void close_on_subabort(SubXactEvent event, SubTransactionId mySubid,
+							  SubTransactionId parentSubid, void *arg);
+
+static void
+register_connection(PGconn *conn)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	OpenConnection *entry = palloc0(sizeof(OpenConnection));
+
+	if (!callbacks_registered)
+	{
+		RegisterXactCallback(close_on_abort, NULL);
+		RegisterSubXactCallback(close_on_subabort, NULL);
+		callbacks_registered = true;
+	}
+	entry->conn = conn;
+	entry->subid = IsTransactionState() ? GetCurrentSubTransactionId() :
+		TopSubTransactionId;
+	open_connections = lappend(open_connections, entry);
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
+ * remote_disconnect: close a connection and forget it.  NULL is fine.
+ */
+void
+remote_disconnect(PGconn *conn)
+{
+	ListCell   *lc;
+
+	if (conn == NULL)
+		return;
+	foreach(lc, open_connections)
+	{
+		OpenConnection *entry = lfirst(lc);
+
+		if (entry->conn == conn)
+		{
+			open_connections = foreach_delete_current(open_connections, lc);
+			pfree(entry);
+			break;
+		}
+	}
+	PQfinish(conn);
+	ReleaseExternalFD();
+}
+
+/*
+ * remote_keep_across_abort: the connection is the caller's to close, even
+ * when a local transaction aborts (the cutover worker aborts local
+ * transactions while it still needs the source).
+ */
+void
+remote_keep_across_abort(PGconn *conn)
+{
+	ListCell   *lc;
+
+	foreach(lc, open_connections)
+	{
+		OpenConnection *entry = lfirst(lc);
+
+		if (entry->conn == conn)
+			entry->kept = true;
+	}
+}
+
+static void
+close_matching(bool all, SubTransactionId subid)
+{
+	ListCell   *lc;
+
+	foreach(lc, open_connections)
+	{
+		OpenConnection *entry = lfirst(lc);
+
+		if (entry->kept || (!all && entry->subid != subid))
+			continue;
+		PQfinish(entry->conn);
+		ReleaseExternalFD();
+		open_connections = foreach_delete_current(open_connections, lc);
+		pfree(entry);
+	}
+}
+
+static void
+close_on_abort(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+		close_matching(true, InvalidSubTransactionId);
+}
+
+static void
+close_on_subabort(SubXactEvent event, SubTransactionId mySubid,
+				  SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		close_matching(false, mySubid);
+}
+
+/*
+ * remote_set_deadline: every wait of this backend on the source gives up at
+ * deadline (0: no deadline; then only interrupts end a wait).
+ */
+void
+remote_set_deadline(TimestampTz deadline)
+{
+	remote_deadline = deadline;
+}
+
+/*
+ * Wait until the socket is ready for io_event, the latch is set or the
+ * deadline passes.  Returns false on timeout.  When interruptible, pending
+ * interrupts are serviced (and may throw); otherwise the caller holds them.
+ */
+static bool
+wait_on_socket(PGconn *conn, int io_event, TimestampTz deadline,
+			   bool interruptible)
+{
+	for (;;)
+	{
+		int			events = WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | io_event;
+		long		timeout = -1;
+		int			rc;
+
+		if (deadline != 0)
+		{
+			timeout = TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+													  deadline);
+			if (timeout <= 0)
+				return false;
+			events |= WL_TIMEOUT;
+		}
+
+		rc = WaitLatchOrSocket(MyLatch, events, PQsocket(conn), timeout,
+							   PG_WAIT_EXTENSION);
+		if (rc & WL_LATCH_SET)
+		{
+			ResetLatch(MyLatch);
+			if (interruptible)
+				CHECK_FOR_INTERRUPTS();
+		}
+		if (rc & io_event)
+			return true;
+	}
+}
+
+/*
+ * Start a connection and drive PQconnectPoll to the end.  Returns the
+ * connection (status OK or BAD: the caller looks) or NULL when no file
+ * descriptor or memory is left; *timed_out says the deadline passed.
+ */
+static PGconn *
+connect_loop(const char *dsn, TimestampTz deadline, bool interruptible,
+			 bool *timed_out)
+{
+	static const char *keywords[] = {"fallback_application_name", "dbname", NULL};
+	const char *values[3];
+	PGconn	   *conn;
+	PostgresPollingStatusType status = PGRES_POLLING_WRITING;
+
+	*timed_out = false;
+	if (!AcquireExternalFD())
+		return NULL;
+
+	values[0] = "pg_zdm";
+	values[1] = dsn;
+	values[2] = NULL;
+	conn = PQconnectStartParams(keywords, values, true);
+	if (conn == NULL)
+	{
+		ReleaseExternalFD();
+		return NULL;
+	}
+	register_connection(conn);
+
+	while (PQstatus(conn) != CONNECTION_BAD &&
+		   status != PGRES_POLLING_OK && status != PGRES_POLLING_FAILED)
+	{
+		int			io_event = status == PGRES_POLLING_READING ?
+			WL_SOCKET_READABLE : WL_SOCKET_WRITEABLE;
+
+		if (!wait_on_socket(conn, io_event, deadline, interruptible))
+		{
+			*timed_out = true;
+			break;
+		}
+		status = PQconnectPoll(conn);
+	}
+	return conn;
+}
+
+/*
+ * Settings every source session gets: nothing it runs depends on the
+ * source's search_path, datestyle or encoding defaults.
+ */
+static const char *session_setup =
+"SET search_path = pg_catalog; SET datestyle = ISO; "
+"SET client_encoding = 'UTF8'; SET intervalstyle = postgres";
+
+/*
+ * Connect and run the session setup.  Returns NULL and *reason (with
+ * *needs_password) when the source cannot be reached; interrupts are
+ * serviced when interruptible.  timeout_s <= 0 waits without limit.
+ */
+static PGconn *
+try_connect(const char *dsn, int timeout_s, bool interruptible,
+			char **reason, bool *needs_password)
+{
+	TimestampTz deadline = 0;
+	bool		timed_out;
+	PGconn	   *conn;
+
+	*needs_password = false;
+	if (timeout_s > 0)
+		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+											   timeout_s * 1000);
+	if (remote_deadline != 0 && (deadline == 0 || remote_deadline < deadline))
+		deadline = remote_deadline;
+
+	conn = connect_loop(dsn, deadline, interruptible, &timed_out);
+	if (conn == NULL)
+	{
+		*reason = pstrdup("There are too many open files on this server, or no memory left for a connection.");
+		return NULL;
+	}
+	if (timed_out)
+		*reason = psprintf("The source did not complete the connection within %d seconds.",
+						   timeout_s);
+	else if (PQstatus(conn) != CONNECTION_OK)
+	{
+		*reason = pchomp(PQerrorMessage(conn));
+		*needs_password = PQconnectionNeedsPassword(conn);
+	}
+	else if (!interruptible)
+	{
+		if (remote_command_quietly(conn, session_setup, 0, NULL, timeout_s * 1000))
+			return conn;
+		*reason = pchomp(PQerrorMessage(conn));
+	}
+	else
+	{
+		PG_TRY();
+		{
+			remote_command(conn, session_setup, "session setup");
+		}
+		PG_CATCH();
+		{
+			remote_disconnect(conn);
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+		return conn;
+	}
+	remote_disconnect(conn);
+	return NULL;
+}
+
+/*
+ * remote_try_connect: a connection to the source, or NULL and *reason
+ * (libpq's words, never the DSN).  Interruptible; waits at most the DSN's
+ * connect_timeout (10 s by default).
+ */
+PGconn *
+remote_try_connect(const char *dsn, char **reason)
+{
+	bool		needs_password;
+
+	return try_connect(dsn, dsn_connect_timeout(dsn), true, reason,
+					   &needs_password);
+}
+
+/*
+ * remote_connect: a connection to the source, set up for our queries, or an
+ * ERROR (SQLSTATE 08001, libpq's words in the detail, never the DSN).
+ * purpose names the step in the message ("to check it", "to create the
+ * slot").  Waits at most the DSN's connect_timeout (10 s by default).
+ */
+PGconn *
+remote_connect(const char *dsn, const char *purpose)
+{
+	char	   *reason;
+	bool		needs_password;
+	PGconn	   *conn;
+
+	conn = try_connect(dsn, dsn_connect_timeout(dsn), true, &reason,
+					   &needs_password);
+	if (conn == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION),
+				 errmsg("could not connect to the source server %s", purpose),
+				 errdetail_internal("%s", reason),
+				 needs_password ?
+				 errhint("The source asks for a password: add password=... to the connection string or use a password file.") :
+				 errhint("Check the host, port, database name, user and password of the connection string, and the source's pg_hba.conf.")));
+	return conn;
+}
+
+/*
+ * remote_connect_quietly: for cleanup paths, which must not throw.  Holds
+ * interrupts, waits at most timeout_ms, returns NULL and *reason on failure.
+ */
+PGconn *
+remote_connect_quietly(const char *dsn, int timeout_ms, char **reason)
+{
+	bool		needs_password;
+	PGconn	   *conn;
+
+	HOLD_INTERRUPTS();
+	conn = try_connect(dsn, Max(timeout_ms / 1000, 1), false, reason,
+					   &needs_password);
+	RESUME_INTERRUPTS();
+	return conn;
+}
+
+/*
+ * Raise the error of a failed remote step.  Clears res.  The remote SQLSTATE
+ * and message are kept; the step is named in the context.
+ */
+static void
+report_remote_error(PGconn *conn, PGresult *res, const char *step)
+{
+	char	   *sqlstate = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	char	   *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+	char	   *detail = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL) : NULL;
+	char	   *hint = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_HINT) : NULL;
+	int			code = ERRCODE_CONNECTION_FAILURE;
+
+	if (sqlstate && strlen(sqlstate) == 5)
+		code = MAKE_SQLSTATE(sqlstate[0], sqlstate[1], sqlstate[2],
+							 sqlstate[3], sqlstate[4]);
+	primary = primary ? pstrdup(primary) : NULL;
+	detail = detail ? pstrdup(detail) : NULL;
+	hint = hint ? pstrdup(hint) : NULL;
+	PQclear(res);
+
+	if (primary == NULL)
+		ereport(ERROR,
+				(errcode(code),
+				 errmsg("lost the connection to the source server during %s", step),
+				 errdetail_internal("%s", pchomp(PQerrorMessage(conn))),
+				 errhint("Check that the source server is up and reachable, then run the command again.")));
+	ereport(ERROR,
+			(errcode(code),
+			 errmsg_internal("%s", primary),
+			 detail ? errdetail_internal("%s", detail) : 0,
+			 hint ? errhint("%s", hint) : 0,
+			 errcontext("source server, during %s", step)));
+}
+
+static void
+raise_timeout(const char *step)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_QUERY_CANCELED),
+			 errmsg("timed out waiting for the source server during %s", step)));
+}
+
+/*
+ * remote_send: start a query without waiting for it.  Returns true; throws
+ * when the query cannot be sent.
+ */
+bool
+remote_send(PGconn *conn, const char *sql, const char *step)
+{
+	if (!PQsendQuery(conn, sql))
+		report_remote_error(conn, NULL, step);
+	return true;
+}
+
+/*
+ * remote_result_ready: read what has arrived without blocking; true once
+ * remote_receive would not wait.
+ */
+bool
+remote_result_ready(PGconn *conn, const char *step)
+{
+	if (!PQconsumeInput(conn))
+		report_remote_error(conn, NULL, step);
+	return !PQisBusy(conn);
+}
+
+static RemoteResult *
+copy_result(PGresult *res)
+{
+	RemoteResult *out = palloc0(sizeof(RemoteResult));
+	int			row;
+	int			col;
+
+	out->ntuples = PQntuples(res);
+	out->nfields = PQnfields(res);
+	if (out->ntuples > 0 && out->nfields > 0)
+		out->values = palloc(sizeof(char *) * out->ntuples * out->nfields);
+	for (row = 0; row < out->ntuples; row++)
+		for (col = 0; col < out->nfields; col++)
+			out->values[row * out->nfields + col] =
+				PQgetisnull(res, row, col) ? NULL :
+				pstrdup(PQgetvalue(res, row, col));
+	return out;
+}
+
+/*
+ * remote_receive: wait for the results of the query in flight and return the
+ * last one, copied.  Any failed result raises its error (after the others
+ * are drained and cleared).
+ */
+RemoteResult *
+remote_receive(PGconn *conn, const char *step)
+{
+	PGresult   *failed = NULL;
+	RemoteResult *last = NULL;
+
+	for (;;)
+	{
+		PGresult   *res;
+
+		while (PQisBusy(conn))
+		{
+			if (!wait_on_socket(conn, WL_SOCKET_READABLE, remote_deadline, true))
+				raise_timeout(step);
+			if (!PQconsumeInput(conn))
+			{
+				PQclear(failed);
+				report_remote_error(conn, NULL, step);
+			}
+		}
+		res = PQgetResult(conn);
+		if (res == NULL)
+			break;
+		if (PQresultStatus(res) == PGRES_COMMAND_OK ||
+			PQresultStatus(res) == PGRES_TUPLES_OK)
+		{
+			last = copy_result(res);
+			PQclear(res);
+		}
+		else if (failed == NULL)
+			failed = res;
+		else
+			PQclear(res);
+	}
+	if (failed != NULL)
+		report_remote_error(conn, failed, step);
+	if (last == NULL)
+		report_remote_error(conn, NULL, step);
+	return last;
+}
+
+/*
+ * remote_query: run one statement (with text parameters) and return its
+ * result.  Throws the source's error with its SQLSTATE; step says which
+ * step failed.  Waits interruptibly, up to the deadline if one is set.
+ */
+RemoteResult *
+remote_query(PGconn *conn, const char *sql, int nparams,
+			 const char *const *params, const char *step)
+{
+	if (!PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0))
+		report_remote_error(conn, NULL, step);
+	return remote_receive(conn, step);
+}
+
+/*
+ * remote_command: run statements whose results do not matter.
+ */
+void
+remote_command(PGconn *conn, const char *sql, const char *step)
+{
+	remote_send(conn, sql, step);
+	(void) remote_receive(conn, step);
+}
+
+/*
+ * remote_query_quietly: for cleanup.  Never throws: holds interrupts and
+ * gives up after timeout_ms.  Returns the last result, or NULL when any
+ * statement failed (then the connection may be unusable: close it).
+ */
+RemoteResult *
+remote_query_quietly(PGconn *conn, const char *sql, int nparams,
+					 const char *const *params, int timeout_ms)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   timeout_ms);
+	RemoteResult *last = NULL;
+	bool		ok = true;
+
+	if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
+		return NULL;
+
+	HOLD_INTERRUPTS();
+	if (!(nparams > 0 ?
+		  PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0) :
+		  PQsendQuery(conn, sql)))
+		ok = false;
+	while (ok)
+	{
+		PGresult   *res;
+
+		while (ok && PQisBusy(conn))
+		{
+			if (!wait_on_socket(conn, WL_SOCKET_READABLE, deadline, false) ||
+				!PQconsumeInput(conn))
+				ok = false;
+		}
+		if (!ok)
+			break;
+		res = PQgetResult(conn);
+		if (res == NULL)
+			break;
+		if (PQresultStatus(res) == PGRES_COMMAND_OK ||
+			PQresultStatus(res) == PGRES_TUPLES_OK)
+			last = copy_result(res);
+		else
+			ok = false;
+		PQclear(res);
+	}
+	RESUME_INTERRUPTS();
+	return ok ? last : NULL;
+}
+
+/*
+ * remote_command_quietly: remote_query_quietly for a single statement whose
+ * result does not matter; returns whether it succeeded.
+ */
+bool
+remote_command_quietly(PGconn *conn, const char *sql, int nparams,
+					   const char *const *params, int timeout_ms)
+{
+	return remote_query_quietly(conn, sql, nparams, params, timeout_ms) != NULL;
+}
+
+/*
+ * remote_value: a field of a copied result, NULL for SQL NULL.
+ */
+const char *
+remote_value(RemoteResult *res, int row, int col)
+{
+	Assert(row < res->ntuples && col < res->nfields);
+	return res->values[row * res->nfields + col];
+}

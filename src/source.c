@@ -1,0 +1,76 @@
+/*-------------------------------------------------------------------------
+ *
+ * source.c
+ *		  Removing the migration's objects from the source: the slot, the
+ *		  table synchronization slots, the publication.
+ *
+ * These run in cleanup paths (a failed init, abort, the end of a cutover),
+ * so they never throw: each gives up after a bounded time and says whether
+ * it succeeded, and the caller reports what is left behind.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "miscadmin.h"
+#include "storage/latch.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#include "pg_zdm.h"
+
+/* Pause between attempts to drop a slot a walsender still holds. */
+#define SLOT_RETRY_MS	50
+
+/*
+ * source_drop_slots: drop the subscription's slot and, when subid is valid,
+ * the table synchronization slots its copy left (pg_<subid>_sync_...).
+ * A walsender may still hold a slot for a moment after the subscription's
+ * workers stopped; retry until it lets go or timeout_ms passes.  Returns
+ * true when none of them is left.
+ */
+bool
+source_drop_slots(PGconn *conn, const char *slot_name, Oid subid,
+				  int timeout_ms)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   timeout_ms);
+	char	   *sync_pattern = OidIsValid(subid) ?
+		psprintf("pg\\_%u\\_sync\\_%%", subid) : pstrdup("");
+	const char *params[2] = {slot_name, sync_pattern};
+
+	for (;;)
+	{
+		RemoteResult *res;
+
+		/* fails when a walsender grabs a slot between check and drop */
+		res = remote_query_quietly(conn,
+								   "WITH ours AS (SELECT slot_name, active_pid "
+								   "  FROM pg_replication_slots "
+								   "  WHERE slot_name = $1 OR ($2 <> '' AND slot_name LIKE $2)), "
+								   "dropped AS (SELECT pg_drop_replication_slot(slot_name) "
+								   "  FROM ours WHERE active_pid IS NULL) "
+								   "SELECT (SELECT count(*) FROM dropped), "
+								   "       (SELECT count(*) FROM ours WHERE active_pid IS NOT NULL)",
+								   2, params, timeout_ms);
+		if (res != NULL && strcmp(remote_value(res, 0, 1), "0") == 0)
+			return true;
+		if (PQstatus(conn) != CONNECTION_OK ||
+			GetCurrentTimestamp() >= deadline)
+			return false;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 SLOT_RETRY_MS, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+/*
+ * source_drop_publication: DROP PUBLICATION IF EXISTS zdm_pub.
+ */
+bool
+source_drop_publication(PGconn *conn, int timeout_ms)
+{
+	return remote_command_quietly(conn,
+								  "DROP PUBLICATION IF EXISTS " ZDM_PUBLICATION,
+								  0, NULL, timeout_ms);
+}

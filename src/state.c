@@ -1,0 +1,265 @@
+/*-------------------------------------------------------------------------
+ *
+ * state.c
+ *		  The migration's state on the target: the zdm.migration row, the
+ *		  zdm.event_log, and the lock that lets one zdm command at a time
+ *		  change them.
+ *
+ * The state lives in tables rather than shared memory because it must
+ * survive a restart of the target: after a crash nothing of ours runs until
+ * a DBA calls zdm.status(), which reads it.  All access goes through SPI;
+ * callers are inside a transaction and connected to SPI.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "nodes/execnodes.h"
+#include "storage/lock.h"
+#include "utils/builtins.h"
+
+#include "pg_zdm.h"
+
+/* Advisory lock key of the migration lock: ('zdm', 1) in this database. */
+#define ZDM_LOCK_KEY1	0x7A646D
+#define ZDM_LOCK_KEY2	1
+
+static char *
+spi_text(HeapTuple tuple, TupleDesc desc, int col)
+{
+	return SPI_getvalue(tuple, desc, col);
+}
+
+static bool
+spi_bool(HeapTuple tuple, TupleDesc desc, int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tuple, desc, col, &isnull);
+
+	return !isnull && DatumGetBool(d);
+}
+
+/*
+ * state_load: read the migration row into *state (palloc'd in the caller's
+ * context).  Returns false when there is no migration.
+ */
+bool
+state_load(MigrationState *state)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	bool		found = false;
+
+	SPI_connect();
+	if (SPI_execute("SELECT source_conninfo, source_display, publication_name, "
+					"slot_name, subscription_name, ignore_missing, defer_copy, "
+					"phase, final_lsn, completed_at "
+					"FROM zdm.migration", true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read zdm.migration");
+	if (SPI_processed == 1)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+
+		state->source_conninfo = spi_text(tup, desc, 1);
+		state->source_display = spi_text(tup, desc, 2);
+		state->publication_name = spi_text(tup, desc, 3);
+		state->slot_name = spi_text(tup, desc, 4);
+		state->subscription_name = spi_text(tup, desc, 5);
+		state->ignore_missing = spi_bool(tup, desc, 6);
+		state->defer_copy = spi_bool(tup, desc, 7);
+		state->phase = spi_text(tup, desc, 8);
+		state->final_lsn = spi_text(tup, desc, 9);
+		state->completed_at = spi_text(tup, desc, 10);
+		MemoryContextSwitchTo(oldcxt);
+		found = true;
+	}
+	SPI_finish();
+	return found;
+}
+
+static void
+spi_exec_params(const char *sql, int nargs, Oid *types, Datum *values,
+				const char *nulls, int expected)
+{
+	int			rc;
+
+	SPI_connect();
+	rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
+	if (rc != expected)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(rc));
+	SPI_finish();
+}
+
+/*
+ * state_insert: record a new migration in phase 'streaming'.
+ */
+void
+state_insert(const char *conninfo, const char *slot_name,
+			 bool ignore_missing, bool defer_copy)
+{
+	Oid			types[5] = {TEXTOID, TEXTOID, TEXTOID, BOOLOID, BOOLOID};
+	Datum		values[5];
+
+	values[0] = CStringGetTextDatum(conninfo);
+	values[1] = CStringGetTextDatum(dsn_mask(conninfo));
+	values[2] = CStringGetTextDatum(slot_name);
+	values[3] = BoolGetDatum(ignore_missing);
+	values[4] = BoolGetDatum(defer_copy);
+	spi_exec_params("INSERT INTO zdm.migration (source_conninfo, source_display, "
+					"publication_name, slot_name, subscription_name, "
+					"ignore_missing, defer_copy, phase) "
+					"VALUES ($1, $2, '" ZDM_PUBLICATION "', $3, '" ZDM_SUBSCRIPTION "', "
+					"$4, $5, 'streaming')",
+					5, types, values, NULL, SPI_OK_INSERT);
+}
+
+/*
+ * state_set_phase: move the migration to another phase; entering 'cutover'
+ * stamps cutover_started_at.
+ */
+void
+state_set_phase(const char *phase)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+
+	values[0] = CStringGetTextDatum(phase);
+	spi_exec_params("UPDATE zdm.migration SET phase = $1, "
+					"cutover_started_at = CASE WHEN $1 = 'cutover' "
+					"THEN pg_catalog.now() ELSE cutover_started_at END",
+					1, types, values, NULL, SPI_OK_UPDATE);
+}
+
+/*
+ * state_begin_detach: the fence is about to commit; remember the final
+ * position so that an interrupted detach can be finished.
+ */
+void
+state_begin_detach(const char *final_lsn)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+
+	values[0] = CStringGetTextDatum(final_lsn);
+	spi_exec_params("UPDATE zdm.migration SET phase = 'detaching', "
+					"final_lsn = $1::pg_catalog.pg_lsn",
+					1, types, values, NULL, SPI_OK_UPDATE);
+}
+
+/*
+ * state_complete: the migration is done; keep its final position and how
+ * long writes were blocked.
+ */
+void
+state_complete(const char *final_lsn, double writes_blocked_ms)
+{
+	Oid			types[2] = {TEXTOID, FLOAT8OID};
+	Datum		values[2];
+
+	values[0] = CStringGetTextDatum(final_lsn);
+	values[1] = Float8GetDatum(writes_blocked_ms);
+	spi_exec_params("UPDATE zdm.migration SET phase = 'completed', "
+					"completed_at = pg_catalog.now(), "
+					"final_lsn = $1::pg_catalog.pg_lsn, writes_blocked_ms = $2",
+					2, types, values, NULL, SPI_OK_UPDATE);
+}
+
+void
+state_delete(void)
+{
+	spi_exec_params("DELETE FROM zdm.migration", 0, NULL, NULL, NULL,
+					SPI_OK_DELETE);
+}
+
+/*
+ * event_log: append an event.  The detail must never hold a password:
+ * callers pass masked connection strings only.
+ */
+void
+event_log(const char *event, const char *fmt,...)
+{
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
+	char		nulls[2] = {' ', ' '};
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	if (fmt != NULL)
+	{
+		for (;;)
+		{
+			va_list		args;
+			int			needed;
+
+			va_start(args, fmt);
+			needed = appendStringInfoVA(&buf, fmt, args);
+			va_end(args);
+			if (needed == 0)
+				break;
+			enlargeStringInfo(&buf, needed);
+		}
+	}
+	values[0] = CStringGetTextDatum(event);
+	values[1] = CStringGetTextDatum(buf.data);
+	if (fmt == NULL)
+		nulls[1] = 'n';
+	spi_exec_params("INSERT INTO zdm.event_log (event, detail) VALUES ($1, $2)",
+					2, types, values, nulls, SPI_OK_INSERT);
+}
+
+/*
+ * migration_lock_try: take the session-level lock that init, the cutover
+ * worker and abort hold while they change the migration, without waiting.
+ * Session-level because init and abort commit midway; the holder releases it
+ * with migration_lock_release, and process exit releases it too.
+ */
+bool
+migration_lock_try(void)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, ZDM_LOCK_KEY1, ZDM_LOCK_KEY2, 2);
+	return LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL;
+}
+
+void
+migration_lock_release(void)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, ZDM_LOCK_KEY1, ZDM_LOCK_KEY2, 2);
+	LockRelease(&tag, ExclusiveLock, true);
+}
+
+/*
+ * require_nonatomic: refuse a procedure call that cannot commit (CALL inside
+ * an explicit transaction block, or from a function).
+ */
+void
+require_nonatomic(FunctionCallInfo fcinfo, const char *procname)
+{
+	if (!(fcinfo->context && IsA(fcinfo->context, CallContext) &&
+		  !castNode(CallContext, fcinfo->context)->atomic))
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("%s cannot run inside a transaction block", procname),
+				 errdetail("It commits its work step by step, and it must hold no transaction id while the source creates replication slots."),
+				 errhint("Run CALL %s(...) on its own, outside BEGIN ... COMMIT and not from a function.", procname)));
+}
+
+/*
+ * target_slot_name: the source slot name for this target database.  The
+ * target's system identifier and database OID make it unique, so several
+ * targets can migrate from one source cluster.
+ */
+char *
+target_slot_name(void)
+{
+	return psprintf("zdm_" UINT64_FORMAT "_%u", GetSystemIdentifier(), MyDatabaseId);
+}

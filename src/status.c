@@ -1,0 +1,330 @@
+/*-------------------------------------------------------------------------
+ *
+ * status.c
+ *		  zdm.status() and zdm.tables(): how far the migration has come.
+ *
+ * status() asks the source one question (its WAL position and the slot's)
+ * and reads the rest from this target's catalogs and statistics views.  A
+ * source that cannot be reached is a failed row, not an error: the target
+ * side still has something to say.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+
+#include "pg_zdm.h"
+
+PG_FUNCTION_INFO_V1(zdm_status);
+PG_FUNCTION_INFO_V1(zdm_tables);
+
+typedef struct StatusRows
+{
+	ReturnSetInfo *rsinfo;
+} StatusRows;
+
+/*
+ * Emit one status row; bytes < 0 means NULL.
+ */
+static void
+put_row(StatusRows *rows, const char *component, const char *metric,
+		const char *value, int64 bytes, bool ok)
+{
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, false};
+
+	values[0] = CStringGetTextDatum(component);
+	values[1] = CStringGetTextDatum(metric);
+	if (value)
+		values[2] = CStringGetTextDatum(value);
+	else
+		nulls[2] = true;
+	values[3] = Int64GetDatum(bytes);
+	nulls[3] = bytes < 0;
+	values[4] = BoolGetDatum(ok);
+	tuplestore_putvalues(rows->rsinfo->setResult, rows->rsinfo->setDesc,
+						 values, nulls);
+}
+
+static char *
+pretty_bytes(int64 bytes)
+{
+	return text_to_cstring(DatumGetTextPP(DirectFunctionCall1(pg_size_pretty,
+															  Int64GetDatum(bytes))));
+}
+
+/*
+ * The source's view: its current WAL position and what the slot holds.
+ * Returns the source's current LSN (NULL when unknown).
+ */
+static char *
+source_rows(StatusRows *rows, const MigrationState *state, bool *slot_ok,
+			int64 *slot_lag)
+{
+	const char *params[1] = {state->slot_name};
+	char	   *reason = NULL;
+	char	   *current_lsn = NULL;
+	RemoteResult *res;
+	PGconn	   *conn;
+
+	*slot_ok = false;
+	*slot_lag = -1;
+	conn = remote_try_connect(state->source_conninfo, &reason);
+	put_row(rows, "source", "connection",
+			conn ? state->source_display : reason, -1, conn != NULL);
+	if (conn == NULL)
+		return NULL;
+
+	res = remote_query(conn,
+						   "SELECT pg_current_wal_lsn(), s.active, s.wal_status, "
+						   "  pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint, "
+						   "  pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint "
+						   "FROM (SELECT 1) one LEFT JOIN pg_replication_slots s "
+						   "  ON s.slot_name = $1",
+						   1, params, "reading the slot");
+	remote_disconnect(conn);
+
+	current_lsn = pstrdup(remote_value(res, 0, 0));
+	if (remote_value(res, 0, 1) == NULL)
+	{
+		put_row(rows, "source", "slot_lag",
+				psprintf("slot %s is missing on the source", state->slot_name),
+				-1, false);
+		return current_lsn;
+	}
+	*slot_lag = strtoi64(remote_value(res, 0, 3), NULL, 10);
+	*slot_ok = strcmp(remote_value(res, 0, 1), "t") == 0;
+	put_row(rows, "source", "slot_lag",
+			psprintf("%s not yet confirmed by the target%s", pretty_bytes(*slot_lag),
+					 *slot_ok ? "" : " (slot inactive: no walsender streams it)"),
+			*slot_lag, *slot_ok);
+	put_row(rows, "source", "retained_wal",
+			psprintf("%s of WAL kept for the slot (%s)",
+					 pretty_bytes(strtoi64(remote_value(res, 0, 4), NULL, 10)),
+					 remote_value(res, 0, 2)),
+			strtoi64(remote_value(res, 0, 4), NULL, 10),
+			strcmp(remote_value(res, 0, 2), "lost") != 0);
+	return current_lsn;
+}
+
+/*
+ * This target's view of the subscription.  Sets *ready when every table is
+ * ready and the target has applied everything up to source_lsn.
+ */
+static void
+target_rows(StatusRows *rows, const char *source_lsn, bool *ready)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	char		nulls[1] = {' '};
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	bool		enabled;
+	bool		running;
+	int64		apply_lag = -1;
+	int64		total;
+	int64		ready_count;
+	int64		errors;
+
+	*ready = false;
+	values[0] = source_lsn ? CStringGetTextDatum(source_lsn) : (Datum) 0;
+	nulls[0] = source_lsn ? ' ' : 'n';
+
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT s.subenabled, st.pid IS NOT NULL, "
+							  "  pg_catalog.pg_wal_lsn_diff($1::pg_catalog.pg_lsn, st.latest_end_lsn)::bigint, "
+							  "  st.latest_end_time, "
+							  "  (SELECT count(*) FROM pg_catalog.pg_subscription_rel r WHERE r.srsubid = s.oid), "
+							  "  (SELECT count(*) FROM pg_catalog.pg_subscription_rel r "
+							  "    WHERE r.srsubid = s.oid AND r.srsubstate = 'r'), "
+							  "  coalesce(ss.apply_error_count + ss.sync_error_count, 0), "
+							  "  (SELECT sum(p.bytes_processed) FROM pg_catalog.pg_stat_subscription w "
+							  "    JOIN pg_catalog.pg_stat_progress_copy p ON p.pid = w.pid "
+							  "    WHERE w.subid = s.oid AND w.relid IS NOT NULL)::bigint "
+							  "FROM pg_catalog.pg_subscription s "
+							  "LEFT JOIN pg_catalog.pg_stat_subscription st "
+							  "  ON st.subid = s.oid AND st.relid IS NULL "
+							  "LEFT JOIN pg_catalog.pg_stat_subscription_stats ss ON ss.subid = s.oid "
+							  "WHERE s.subname = '" ZDM_SUBSCRIPTION "' "
+							  "  AND s.subdbid = (SELECT oid FROM pg_catalog.pg_database "
+							  "                   WHERE datname = pg_catalog.current_database())",
+							  1, types, values, nulls, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the subscription's statistics");
+	if (SPI_processed == 0)
+	{
+		SPI_finish();
+		put_row(rows, "target", "subscription",
+				"subscription " ZDM_SUBSCRIPTION " is missing", -1, false);
+		return;
+	}
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	enabled = DatumGetBool(SPI_getbinval(tup, desc, 1, &isnull));
+	running = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
+	put_row(rows, "target", "subscription",
+			!enabled ? "disabled" : running ? "enabled, apply worker running" :
+			"enabled, apply worker not running (see the server log)",
+			-1, enabled && running);
+
+	{
+		Datum		lag = SPI_getbinval(tup, desc, 3, &isnull);
+
+		if (!isnull)
+			apply_lag = Max(DatumGetInt64(lag), 0);
+		put_row(rows, "target", "apply_lag",
+				isnull ? "unknown: no position reported by the apply worker yet" :
+				psprintf("%s written on the source not yet applied here",
+						 pretty_bytes(apply_lag)),
+				apply_lag, apply_lag == 0);
+	}
+	put_row(rows, "target", "last_applied_at",
+			SPI_getvalue(tup, desc, 4) ? SPI_getvalue(tup, desc, 4) : "never",
+			-1, SPI_getvalue(tup, desc, 4) != NULL);
+
+	errors = DatumGetInt64(SPI_getbinval(tup, desc, 7, &isnull));
+	put_row(rows, "target", "apply_errors",
+			errors == 0 ? "none" :
+			psprintf("%lld apply or copy errors so far; the server log has their messages",
+					 (long long) errors),
+			errors, errors == 0 || running);
+
+	total = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
+	ready_count = DatumGetInt64(SPI_getbinval(tup, desc, 6, &isnull));
+	{
+		Datum		copied = SPI_getbinval(tup, desc, 8, &isnull);
+
+		put_row(rows, "copy", "tables_ready",
+				psprintf("%lld/%lld tables ready", (long long) ready_count,
+						 (long long) total),
+				isnull ? -1 : DatumGetInt64(copied), ready_count == total);
+	}
+	SPI_finish();
+
+	*ready = enabled && running && ready_count == total && apply_lag == 0;
+}
+
+/*
+ * Is a cutover running right now?  The worker holds the migration lock.
+ */
+static bool
+cutover_running(void)
+{
+	if (migration_lock_try())
+	{
+		migration_lock_release();
+		return false;
+	}
+	return true;
+}
+
+/*
+ * zdm.status()
+ */
+Datum
+zdm_status(PG_FUNCTION_ARGS)
+{
+	StatusRows	rows;
+	MigrationState state;
+	bool		slot_ok;
+	int64		slot_lag;
+	bool		ready;
+	char	   *source_lsn;
+
+	InitMaterializedSRF(fcinfo, 0);
+	rows.rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	if (!state_load(&state))
+	{
+		put_row(&rows, "overall", "ready_for_cutover",
+				"no migration: start one with CALL zdm.init(source_dsn)", -1, false);
+		return (Datum) 0;
+	}
+
+	if (strcmp(state.phase, "completed") == 0)
+	{
+		put_row(&rows, "migration", "phase",
+				psprintf("completed at %s, final source position %s",
+						 state.completed_at, state.final_lsn), -1, true);
+		put_row(&rows, "overall", "completed",
+				"the target is independent; the source is read-only", -1, true);
+		return (Datum) 0;
+	}
+
+	if (strcmp(state.phase, "streaming") == 0)
+		put_row(&rows, "migration", "phase", "streaming", -1, true);
+	else if (cutover_running())
+		put_row(&rows, "migration", "phase",
+				psprintf("%s in progress", state.phase), -1, true);
+	else
+		put_row(&rows, "migration", "phase",
+				strcmp(state.phase, "detaching") == 0 ?
+				"cutover interrupted after the source was fenced for good: run CALL zdm.cutover() to finish it" :
+				"cutover interrupted (the target restarted or the worker died); the source unlocked itself: run CALL zdm.cutover() again",
+				-1, false);
+
+	source_lsn = source_rows(&rows, &state, &slot_ok, &slot_lag);
+	target_rows(&rows, source_lsn, &ready);
+
+	ready = ready && slot_ok && strcmp(state.phase, "streaming") == 0;
+	put_row(&rows, "overall", "ready_for_cutover",
+			ready ? "fully synchronized, ready for cutover" :
+			"not yet: see the rows above whose ok is false",
+			-1, ready);
+	return (Datum) 0;
+}
+
+/*
+ * zdm.tables(): per published table its copy state and size.
+ */
+Datum
+zdm_tables(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo;
+	uint64		i;
+
+	InitMaterializedSRF(fcinfo, 0);
+	rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	SPI_connect();
+	if (SPI_execute("SELECT n.nspname, c.relname, "
+					"  CASE r.srsubstate WHEN 'i' THEN 'init' WHEN 'd' THEN 'copying' "
+					"    WHEN 'f' THEN 'copying' WHEN 's' THEN 'synchronized' "
+					"    WHEN 'r' THEN 'ready' ELSE r.srsubstate::text END, "
+					"  pg_catalog.pg_table_size(c.oid), p.bytes_processed "
+					"FROM pg_catalog.pg_subscription s "
+					"JOIN pg_catalog.pg_subscription_rel r ON r.srsubid = s.oid "
+					"JOIN pg_catalog.pg_class c ON c.oid = r.srrelid "
+					"JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+					"LEFT JOIN pg_catalog.pg_stat_subscription w "
+					"  ON w.subid = s.oid AND w.relid = r.srrelid "
+					"LEFT JOIN pg_catalog.pg_stat_progress_copy p "
+					"  ON p.pid = w.pid AND p.relid = r.srrelid "
+					"WHERE s.subname = '" ZDM_SUBSCRIPTION "' "
+					"  AND s.subdbid = (SELECT oid FROM pg_catalog.pg_database "
+					"                   WHERE datname = pg_catalog.current_database()) "
+					"ORDER BY 1, 2", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the subscription's tables");
+
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		Datum		values[5];
+		bool		nulls[5];
+		int			col;
+
+		for (col = 0; col < 5; col++)
+			values[col] = SPI_getbinval(tup, desc, col + 1, &nulls[col]);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	SPI_finish();
+	return (Datum) 0;
+}

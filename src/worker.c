@@ -1,0 +1,652 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *		  The background worker that runs a cutover.
+ *
+ * zdm.cutover() starts this worker and relays what it reports.  The worker
+ * owns the two source connections of the cutover (control, and the fence
+ * of fence.c), so the write fence lives and dies with the worker, not with
+ * the caller's session: if the caller is cancelled or terminated it sets
+ * abort_requested, and the worker unlocks the source itself.
+ *
+ * Steps: come close to the source without any lock (so that the locked
+ * window is short), fence writes, capture the final position with a
+ * logical message, move the sequences ahead, wait until this target has
+ * applied and flushed everything up to that position, then detach.  The
+ * fence commit is the point of no return: before it every failure releases
+ * the fence (the source is writable again, replication goes on); after it
+ * the migration can only be finished, by this worker or by the next
+ * zdm.cutover() call.
+ *
+ * Catch-up is proven by either of two facts: the slot on the source has
+ * confirmed_flush_lsn >= final position (applied and flushed here), or
+ * every table is ready and the apply worker has reported a position
+ * >= final (latest_end_lsn: applied), after which this worker flushes WAL
+ * here itself.  The second fires sooner: the apply worker only reports a
+ * flush once the WAL writer flushed its asynchronous commits.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "libpq/pqmq.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "storage/dsm.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/shm_mq.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/pg_lsn.h"
+#include "utils/snapmgr.h"
+#include "utils/wait_event.h"
+
+#include "pg_zdm.h"
+
+/* How often a waiting cutover tells the caller where the target is. */
+#define PROGRESS_NOTICE_MS		250
+
+/* How much the source may be ahead when the fence is taken. */
+#define FENCE_LAG_LIMIT_BYTES	(1024 * 1024)
+
+/* How long the end of a cutover waits for the source to drop the slot. */
+#define DETACH_SOURCE_TIMEOUT_MS	30000
+
+/* Everything one cutover run holds. */
+typedef struct CutoverRun
+{
+	CutoverShared *shared;
+	MemoryContext cxt;			/* lives as long as the run */
+	MigrationState state;
+	Oid			subid;
+	PGconn	   *control;		/* queries on the source */
+	PGconn	   *fence;			/* the fence transaction, fence.c */
+	TimestampTz deadline;
+	TimestampTz fence_started;
+	double		blocked_ms;		/* fence taken until target detached */
+	char	   *final_lsn;
+} CutoverRun;
+
+/* What one poll of the catch-up sees. */
+typedef struct Progress
+{
+	bool		all_ready;		/* every table ready */
+	bool		running;		/* apply worker alive and enabled */
+	bool		applied;		/* latest_end_lsn >= target position */
+	bool		flushed;		/* slot confirmed_flush_lsn >= target position */
+	char	   *applied_lsn;	/* latest_end_lsn here, text */
+	int64		behind;			/* bytes the slot still lacks */
+} Progress;
+
+/*
+ * Run fn in a transaction of its own, with a snapshot.  What fn allocates
+ * outside SPI lands in the run's memory context and survives the commit.
+ */
+static void
+in_transaction(void (*fn) (CutoverRun *), CutoverRun *run)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	MemoryContextSwitchTo(run->cxt);
+	fn(run);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(oldcxt);
+}
+
+static bool
+abort_requested(CutoverShared *shared)
+{
+	bool		requested;
+
+	SpinLockAcquire(&shared->mutex);
+	requested = shared->abort_requested;
+	SpinLockRelease(&shared->mutex);
+	return requested;
+}
+
+/*
+ * Stop unless the caller still wants the cutover and time is left.
+ */
+static void
+check_still_wanted(CutoverRun *run, const char *waiting_for)
+{
+	CHECK_FOR_INTERRUPTS();
+	if (abort_requested(run->shared))
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("cutover cancelled while %s", waiting_for),
+				 errdetail("The session that called zdm.cutover() was cancelled or terminated.")));
+	if (GetCurrentTimestamp() >= run->deadline)
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("cutover timed out while %s", waiting_for),
+				 errhint("Look at SELECT * FROM zdm.status(); retry with a longer timeout once the target keeps up.")));
+}
+
+/*
+ * Load the migration and refuse what cannot be cut over.
+ */
+static void
+load_migration(CutoverRun *run)
+{
+	if (!state_load(&run->state))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("there is no migration to cut over"),
+				 errhint("Start one with CALL zdm.init(source_dsn).")));
+	if (strcmp(run->state.phase, "completed") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the migration is already complete"),
+				 errdetail("The cutover completed at %s, final source position %s.",
+						   run->state.completed_at, run->state.final_lsn)));
+	run->subid = subscription_oid();
+}
+
+static void
+mark_cutover_started(CutoverRun *run)
+{
+	state_set_phase("cutover");
+	event_log("cutover_started", "timeout %lld ms, sequence buffer %lld",
+			  (long long) run->shared->timeout_ms,
+			  (long long) run->shared->sequence_buffer);
+}
+
+static void
+mark_detaching(CutoverRun *run)
+{
+	state_begin_detach(run->final_lsn);
+	event_log("fence_committed",
+			  "target caught up with %s; the source is read-only from now on",
+			  run->final_lsn);
+}
+
+/*
+ * One look at how far this target is, for target position lsn (NULL: only
+ * the local facts).
+ */
+static Progress
+poll_progress(CutoverRun *run, const char *lsn)
+{
+	Progress	p;
+	MemoryContext callercxt = CurrentMemoryContext;
+	Oid			types[2] = {TEXTOID, OIDOID};
+	Datum		values[2];
+	char		nulls[2] = {' ', ' '};
+
+	memset(&p, 0, sizeof(p));
+	p.behind = -1;
+
+	if (lsn != NULL)
+	{
+		const char *params[2] = {run->state.slot_name, lsn};
+		RemoteResult *res;
+
+		res = remote_query(run->control,
+						   "SELECT confirmed_flush_lsn >= $2::pg_lsn, "
+						   "  greatest(pg_wal_lsn_diff($2::pg_lsn, confirmed_flush_lsn), 0)::bigint "
+						   "FROM pg_replication_slots WHERE slot_name = $1",
+						   2, params, "watching the slot");
+		if (res->ntuples == 1 && remote_value(res, 0, 0) != NULL)
+		{
+			p.flushed = strcmp(remote_value(res, 0, 0), "t") == 0;
+			p.behind = strtoi64(remote_value(res, 0, 1), NULL, 10);
+		}
+	}
+
+	values[0] = lsn ? CStringGetTextDatum(lsn) : (Datum) 0;
+	nulls[0] = lsn ? ' ' : 'n';
+	values[1] = ObjectIdGetDatum(run->subid);
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_execute_with_args("SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_subscription_rel r "
+							  "    WHERE r.srsubid = s.oid AND r.srsubstate <> 'r'), "
+							  "  s.subenabled AND st.pid IS NOT NULL, "
+							  "  coalesce(st.latest_end_lsn >= $1::pg_catalog.pg_lsn, false), "
+							  "  st.latest_end_lsn::text "
+							  "FROM pg_catalog.pg_subscription s "
+							  "LEFT JOIN pg_catalog.pg_stat_subscription st "
+							  "  ON st.subid = s.oid AND st.relid IS NULL "
+							  "WHERE s.oid = $2",
+							  2, types, values, nulls, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the subscription's progress");
+	if (SPI_processed == 1)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		char	   *applied_lsn = SPI_getvalue(tup, desc, 4);
+
+		p.all_ready = DatumGetBool(SPI_getbinval(tup, desc, 1, &isnull));
+		p.running = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull)) && !isnull;
+		p.applied = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+		p.applied_lsn = applied_lsn ? MemoryContextStrdup(callercxt, applied_lsn) : NULL;
+	}
+	PopActiveSnapshot();
+	SPI_finish();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(callercxt);
+	return p;
+}
+
+static void
+nap(void)
+{
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 zdm_poll_interval_ms, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+}
+
+/*
+ * Refuse to start when the subscription cannot deliver: disabled, its apply
+ * worker not running, or tables still being copied.
+ */
+static void
+check_subscription_ready(CutoverRun *run)
+{
+	Progress	p;
+
+	if (!OidIsValid(run->subid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("subscription %s is missing", ZDM_SUBSCRIPTION),
+				 errhint("Run CALL zdm.abort() and start again with zdm.init.")));
+	p = poll_progress(run, NULL);
+	if (!p.all_ready)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the initial copy has not finished"),
+				 errdetail("Some tables are not ready yet; the source was not locked."),
+				 errhint("Wait until SELECT * FROM zdm.status() shows every table ready (zdm.tables() lists them).")));
+	if (!p.running)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("subscription %s is not streaming", ZDM_SUBSCRIPTION),
+				 errdetail("It is disabled or its apply worker is not running; the source was not locked."),
+				 errhint("Enable it (ALTER SUBSCRIPTION %s ENABLE) and check the server log and zdm.status().",
+						 ZDM_SUBSCRIPTION)));
+}
+
+/*
+ * Before fencing: wait, unlocked, until the slot is less than
+ * FENCE_LAG_LIMIT_BYTES behind the source, so the fenced wait is short.
+ */
+static void
+come_close(CutoverRun *run)
+{
+	MemoryContext loopcxt = AllocSetContextCreate(CurrentMemoryContext,
+												  "pg_zdm come close",
+												  ALLOCSET_SMALL_SIZES);
+	MemoryContext oldcxt = MemoryContextSwitchTo(loopcxt);
+
+	for (;;)
+	{
+		RemoteResult *res;
+		const char *params[1] = {run->state.slot_name};
+
+		MemoryContextReset(loopcxt);
+		check_still_wanted(run, "waiting for the target to come close before fencing (the source was not locked)");
+		res = remote_query(run->control,
+						   "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint "
+						   "FROM pg_replication_slots WHERE slot_name = $1",
+						   1, params, "watching the slot");
+		if (res->ntuples != 1 || remote_value(res, 0, 0) == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("replication slot %s is missing on the source", run->state.slot_name),
+					 errhint("Run CALL zdm.abort() and start again with zdm.init.")));
+		if (strtoi64(remote_value(res, 0, 0), NULL, 10) <= FENCE_LAG_LIMIT_BYTES)
+			break;
+		nap();
+	}
+	MemoryContextSwitchTo(oldcxt);
+	MemoryContextDelete(loopcxt);
+}
+
+/*
+ * With the fence held: wait until this target has applied and flushed
+ * everything up to run->final_lsn, telling the caller how far it is.
+ */
+static void
+wait_for_catchup(CutoverRun *run)
+{
+	TimestampTz last_notice = 0;
+	TimestampTz last_ping = GetCurrentTimestamp();
+	MemoryContext loopcxt = AllocSetContextCreate(CurrentMemoryContext,
+												  "pg_zdm catch-up",
+												  ALLOCSET_SMALL_SIZES);
+	MemoryContext oldcxt = MemoryContextSwitchTo(loopcxt);
+
+	for (;;)
+	{
+		TimestampTz now;
+		Progress	p;
+
+		MemoryContextReset(loopcxt);
+		check_still_wanted(run, "waiting for the target to catch up (writes were blocked; they are unblocked again)");
+		p = poll_progress(run, run->final_lsn);
+		if (p.all_ready && (p.flushed || (p.applied && p.running)))
+		{
+			if (!p.flushed)
+				XLogFlush(GetXLogInsertRecPtr());
+			break;
+		}
+
+		now = GetCurrentTimestamp();
+		if (TimestampDifferenceExceeds(last_ping, now, zdm_fence_idle_timeout_ms / 4))
+		{
+			fence_ping(run->fence);
+			last_ping = now;
+		}
+		if (TimestampDifferenceExceeds(last_notice, now, PROGRESS_NOTICE_MS))
+		{
+			ereport(NOTICE,
+					(errmsg("target applied up to %s, %lld bytes behind the final position %s",
+							p.applied_lsn ? p.applied_lsn : "(unknown)",
+							(long long) p.behind, run->final_lsn)));
+			last_notice = now;
+		}
+		nap();
+	}
+	MemoryContextSwitchTo(oldcxt);
+	MemoryContextDelete(loopcxt);
+}
+
+static void
+set_sequences(CutoverRun *run)
+{
+	int			unmatched = 0;
+	int			set;
+
+	SPI_connect();
+	set = sequences_sync(run->control, run->shared->sequence_buffer, &unmatched);
+	SPI_finish();
+
+	event_log("sequences_synced", "%d sequences set to the source's value + %lld, %d without counterpart here",
+			  set, (long long) run->shared->sequence_buffer, unmatched);
+	ereport(NOTICE,
+			(errmsg("%d sequences set to the source's value + %lld", set,
+					(long long) run->shared->sequence_buffer),
+			 unmatched > 0 ?
+			 errdetail("%d sequences of the source have no counterpart on this target and were left alone.",
+					   unmatched) : 0));
+}
+
+static void
+drop_subscription_and_complete(CutoverRun *run)
+{
+	subscription_drop();
+	run->blocked_ms = run->fence_started == 0 ? 0 :
+		(double) (GetCurrentTimestamp() - run->fence_started) / 1000.0;
+	state_complete(run->final_lsn, run->blocked_ms);
+	event_log("completed", "final source position %s, writes blocked for %.1f ms",
+			  run->final_lsn, run->blocked_ms);
+}
+
+/*
+ * After the point of no return: drop the subscription here, then slot and
+ * publication on the source.  The source stays read-only.
+ */
+static void
+finish_detach(CutoverRun *run)
+{
+	in_transaction(drop_subscription_and_complete, run);
+
+	if (!source_drop_slots(run->control, run->state.slot_name, run->subid,
+						   DETACH_SOURCE_TIMEOUT_MS) ||
+		!source_drop_publication(run->control, DETACH_SOURCE_TIMEOUT_MS))
+		ereport(WARNING,
+				(errmsg("the target is detached, but slot %s or publication %s is still on the source",
+						run->state.slot_name, ZDM_PUBLICATION),
+				 errhint("On the source, run SELECT pg_drop_replication_slot('%s') and DROP PUBLICATION IF EXISTS %s; an unused slot keeps WAL forever.",
+						 run->state.slot_name, ZDM_PUBLICATION)));
+
+	SpinLockAcquire(&run->shared->mutex);
+	run->shared->succeeded = true;
+	SpinLockRelease(&run->shared->mutex);
+
+	ereport(NOTICE,
+			(errmsg("cutover complete: writes were blocked on the source for %.1f ms; point the application at this server now",
+					run->blocked_ms),
+			 errdetail("Final source position %s. The source stays read-only (schema %s holds its write-rejecting triggers).",
+					   run->final_lsn, ZDM_FENCE_SCHEMA)));
+}
+
+static bool
+source_has_fence_schema(CutoverRun *run)
+{
+	RemoteResult *res = remote_query(run->control,
+									 "SELECT EXISTS (SELECT 1 FROM pg_namespace "
+									 "WHERE nspname = '" ZDM_FENCE_SCHEMA "')",
+									 0, NULL, "checking the fence");
+
+	return strcmp(remote_value(res, 0, 0), "t") == 0;
+}
+
+static void
+mark_streaming(CutoverRun *run)
+{
+	state_set_phase("streaming");
+}
+
+/*
+ * Commit the fence: the point of no return.  If the commit's outcome is
+ * unknown (the connection broke during COMMIT), the source is asked whether
+ * the fence schema exists.
+ */
+static void
+commit_fence(CutoverRun *run)
+{
+	bool		committed;
+
+	SpinLockAcquire(&run->shared->mutex);
+	run->shared->past_no_return = true;
+	SpinLockRelease(&run->shared->mutex);
+
+	PG_TRY();
+	{
+		fence_commit(run->fence);
+		committed = true;
+	}
+	PG_CATCH();
+	{
+		committed = false;
+		FlushErrorState();
+	}
+	PG_END_TRY();
+
+	if (!committed && !source_has_fence_schema(run))
+	{
+		SpinLockAcquire(&run->shared->mutex);
+		run->shared->past_no_return = false;
+		SpinLockRelease(&run->shared->mutex);
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("the fence on the source ended before the cutover could commit it"),
+				 errdetail("The source session holding the fence was lost (terminated, restarted, or idle longer than zdm.fence_idle_timeout); writes resumed there."),
+				 errhint("Run CALL zdm.cutover() again.")));
+	}
+}
+
+/*
+ * The cutover proper; see the file header.
+ */
+static void
+cutover_steps(CutoverRun *run)
+{
+	const char *dsn = run->state.source_conninfo;
+	RemoteResult *res;
+	int			ntables;
+
+	run->control = remote_connect(dsn, "to cut over");
+	remote_keep_across_abort(run->control);
+	remote_command(run->control,
+				   "SET synchronous_commit = on; SET statement_timeout = 0",
+				   "setting up the control session");
+
+	if (strcmp(run->state.phase, "detaching") == 0)
+	{
+		if (source_has_fence_schema(run))
+		{
+			ereport(NOTICE,
+					(errmsg("finishing the detach of an interrupted cutover"),
+					 errdetail("The source was made read-only for good before the interruption.")));
+			run->final_lsn = run->state.final_lsn;
+			finish_detach(run);
+			return;
+		}
+		in_transaction(mark_streaming, run);
+	}
+
+	check_subscription_ready(run);
+	in_transaction(mark_cutover_started, run);
+
+	come_close(run);
+	run->fence_started = GetCurrentTimestamp();
+	run->fence = fence_acquire(dsn, run->control, &ntables);
+	ereport(NOTICE,
+			(errmsg("writes blocked on the source: %d tables fenced in %.1f ms",
+					ntables,
+					(double) (GetCurrentTimestamp() - run->fence_started) / 1000.0)));
+	fence_make_permanent(run->fence, run->control);
+
+	res = remote_query(run->control,
+					   "SELECT pg_logical_emit_message(true, 'pg_zdm', 'cutover')::text",
+					   0, NULL, "capturing the final position");
+	run->final_lsn = pstrdup(remote_value(res, 0, 0));
+	ereport(NOTICE, (errmsg("final source position %s", run->final_lsn)));
+
+	in_transaction(set_sequences, run);
+	wait_for_catchup(run);
+	ereport(NOTICE,
+			(errmsg("target caught up with %s, %.1f ms after the fence",
+					run->final_lsn,
+					(double) (GetCurrentTimestamp() - run->fence_started) / 1000.0)));
+
+	check_still_wanted(run, "about to detach");
+	in_transaction(mark_detaching, run);
+	remote_set_deadline(TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													DETACH_SOURCE_TIMEOUT_MS));
+	commit_fence(run);
+	finish_detach(run);
+}
+
+/*
+ * Cleanup that must also run when the worker is terminated (FATAL): end the
+ * fence unless the cutover passed the point of no return.
+ */
+static void
+release_fence_on_failure(int code, Datum arg)
+{
+	CutoverRun *run = (CutoverRun *) DatumGetPointer(arg);
+
+	if (!run->shared->past_no_return)
+	{
+		fence_release(run->fence, run->control, run->state.source_conninfo);
+		run->fence = NULL;
+	}
+}
+
+static char *failure_message = NULL;
+
+static void
+record_failure(CutoverRun *run)
+{
+	if (!run->shared->past_no_return)
+		state_set_phase("streaming");
+	event_log("cutover_failed", "%s", failure_message);
+}
+
+/*
+ * Entry point of the cutover worker; main_arg is the DSM handle.
+ */
+void
+zdm_cutover_worker_main(Datum main_arg)
+{
+	dsm_segment *seg;
+	shm_mq	   *mq;
+	shm_mq_handle *mqh;
+	CutoverRun	run;
+
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	CurrentResourceOwner = ResourceOwnerCreate(NULL, "pg_zdm cutover");
+	seg = dsm_attach(DatumGetUInt32(main_arg));
+	if (seg == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the caller of zdm.cutover() went away before its worker started")));
+	dsm_pin_mapping(seg);
+
+	memset(&run, 0, sizeof(run));
+	run.cxt = AllocSetContextCreate(TopMemoryContext, "pg_zdm cutover",
+									ALLOCSET_DEFAULT_SIZES);
+	MemoryContextSwitchTo(run.cxt);
+	run.shared = dsm_segment_address(seg);
+	mq = (shm_mq *) ((char *) run.shared + MAXALIGN(sizeof(CutoverShared)));
+	shm_mq_set_sender(mq, MyProc);
+	mqh = shm_mq_attach(mq, seg, NULL);
+	pq_redirect_to_shm_mq(seg, mqh);
+
+	SpinLockAcquire(&run.shared->mutex);
+	run.shared->worker_latch = MyLatch;
+	SpinLockRelease(&run.shared->mutex);
+
+	BackgroundWorkerInitializeConnectionByOid(run.shared->database_id,
+											  run.shared->user_id, 0);
+	pgstat_report_appname("pg_zdm cutover");
+
+	if (!migration_lock_try())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("a cutover or another pg_zdm command is already running on this database"),
+				 errhint("Wait for it to finish; zdm.status() shows its progress.")));
+
+	in_transaction(load_migration, &run);
+	run.deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+											   run.shared->timeout_ms);
+	remote_set_deadline(run.deadline);
+
+	PG_TRY();
+	{
+		PG_ENSURE_ERROR_CLEANUP(release_fence_on_failure, PointerGetDatum(&run));
+		{
+			cutover_steps(&run);
+		}
+		PG_END_ENSURE_ERROR_CLEANUP(release_fence_on_failure, PointerGetDatum(&run));
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(run.cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		failure_message = edata->message;
+		remote_set_deadline(0);
+		in_transaction(record_failure, &run);
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
+
+	remote_disconnect(run.fence);
+	remote_disconnect(run.control);
+	migration_lock_release();
+}
