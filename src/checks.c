@@ -275,6 +275,38 @@ compare_columns(RemoteResult *columns, NameList *missing, NameList *retyped)
 	SPI_finish();
 }
 
+/*
+ * Tables here that already hold rows: the initial copy would add the
+ * source's rows to them and fail on the first duplicate key.
+ */
+static void
+tables_with_rows(List *tables, NameList *filled)
+{
+	StringInfoData sql;
+	ListCell   *lc;
+	uint64		i;
+
+	if (tables == NIL)
+		return;
+	initStringInfo(&sql);
+	foreach(lc, tables)
+	{
+		char	   *name = lfirst(lc);
+
+		if (sql.len > 0)
+			appendStringInfoString(&sql, " UNION ALL ");
+		appendStringInfo(&sql, "SELECT %s WHERE EXISTS (SELECT 1 FROM ONLY %s)",
+						 quote_literal_cstr(name), name);
+	}
+	SPI_connect();
+	if (SPI_execute(sql.data, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for rows in the target tables");
+	for (i = 0; i < SPI_processed; i++)
+		namelist_add(filled, SPI_getvalue(SPI_tuptable->vals[i],
+										  SPI_tuptable->tupdesc, 1));
+	SPI_finish();
+}
+
 static int
 setting_int(const char *name)
 {
@@ -338,6 +370,8 @@ run_checks(PGconn *conn, bool ignore_missing, bool defer_copy,
 	NameList	missing_columns;
 	NameList	retyped_columns;
 	NameList	leftovers;
+	NameList	filled;
+	List	   *present_here = NIL;
 
 	*published = NIL;
 	snprintf(long_secs, sizeof(long_secs), "%d", LONG_TRANSACTION_SECONDS);
@@ -457,6 +491,8 @@ run_checks(PGconn *conn, bool ignore_missing, bool defer_copy,
 		if (ignore_missing && !present[row])
 			continue;
 		*published = lappend(*published, name);
+		if (present[row])
+			present_here = lappend(present_here, name);
 		if (strcmp(remote_value(tables, row, 3), "f") == 0)
 			namelist_add(&no_identity, name);
 		if (strcmp(remote_value(tables, row, 4), "f") == 0)
@@ -515,6 +551,18 @@ run_checks(PGconn *conn, bool ignore_missing, bool defer_copy,
 					   psprintf("Columns with another type on the target: %s.",
 								namelist_text(&retyped_columns)),
 					   pstrdup("Replication converts values through their text form; make sure every source value is valid for the target type."));
+
+	namelist_init(&filled);
+	if (!defer_copy)
+		tables_with_rows(present_here, &filled);
+	checks = add_check(checks, "target_tables_empty", filled.count == 0, true,
+					   ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+					   defer_copy ? pstrdup("No initial copy: rows already on the target are kept.") :
+					   filled.count == 0 ?
+					   pstrdup("Every table to copy is empty on the target.") :
+					   psprintf("Tables that already hold rows on the target: %s; the initial copy would fail on duplicate keys.",
+								namelist_text(&filled)),
+					   pstrdup("Empty them on the target (TRUNCATE), or pass defer_copy => true if the target already holds the source's rows."));
 
 	checks = add_check(checks, "unlogged_tables", unlogged.count == 0, false, 0,
 					   unlogged.count == 0 ? pstrdup("No unlogged tables on the source.") :

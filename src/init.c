@@ -342,8 +342,8 @@ zdm_init(PG_FUNCTION_ARGS)
 	PG_END_TRY();
 
 	ereport(NOTICE,
-			(errmsg("migration started: publication %s and slot %s on the source, subscription %s here",
-					ZDM_PUBLICATION, progress.slot_name, ZDM_SUBSCRIPTION),
+			(errmsg("migration started: publication %s and a replication slot on the source, subscription %s here",
+					ZDM_PUBLICATION, ZDM_SUBSCRIPTION),
 			 defer_copy ?
 			 errhint("The initial copy is deferred: only changes from now on are replicated; the README shows how to copy the existing rows later.") :
 			 errhint("Follow the copy with SELECT * FROM zdm.status(); cut over with CALL zdm.cutover() once it is ready.")));

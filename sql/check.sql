@@ -1,0 +1,32 @@
+-- check: zdm.check reports every preflight check and changes nothing.
+SELECT on_both('CREATE TABLE chk_items (id int PRIMARY KEY, v text)');
+
+-- All fine: every row ok.
+SELECT name, ok, blocking FROM zdm.check(source_dsn());
+
+-- Source tables the target lacks, or that would break once published.
+SELECT on_source('CREATE TABLE chk_only_on_source (id int PRIMARY KEY)');
+SELECT on_source('CREATE TABLE chk_no_key (v text)');
+SELECT on_source('CREATE UNLOGGED TABLE chk_unlogged (id int)');
+SELECT on_source('ALTER TABLE chk_items ADD COLUMN extra int, ALTER COLUMN v TYPE varchar(10)');
+SELECT from_source('SELECT lo_create(0)::text') IS NOT NULL AS large_object_created;
+SELECT name, ok, blocking, detail, hint
+FROM zdm.check(source_dsn())
+WHERE NOT ok
+ORDER BY name;
+
+-- ignore_missing: the missing tables are no longer a failure.
+SELECT name, ok, detail FROM zdm.check(source_dsn(), ignore_missing => true)
+WHERE name = 'missing_tables';
+
+-- The target itself as the source: refused.
+SELECT name, ok, detail FROM zdm.check(source_dsn(current_database()))
+WHERE name = 'same_database';
+
+-- Nothing was created anywhere.
+SELECT source_objects();
+SELECT count(*) AS subscriptions FROM pg_subscription;
+
+SELECT on_source('DROP TABLE chk_only_on_source, chk_no_key, chk_unlogged');
+SELECT from_source('SELECT count(lo_unlink(oid))::text FROM pg_largeobject_metadata') AS large_objects_removed;
+SELECT on_both('DROP TABLE chk_items');
