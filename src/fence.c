@@ -106,11 +106,13 @@ terminate_blockers(PGconn *control, int fence_pid)
 /*
  * fence_acquire: open the fence session and take the fence.  Returns the
  * connection, in an open transaction holding the locks, once they are
- * granted; throws when the deadline passes first.  *ntables receives how
- * many tables are fenced.
+ * granted.  While it waits, still_wanted(arg) is called on every wakeup and
+ * throws when the cutover must stop (timeout, cancel).  *ntables receives
+ * how many tables are fenced.
  */
 PGconn *
-fence_acquire(const char *dsn, PGconn *control, int *ntables)
+fence_acquire(const char *dsn, PGconn *control, int *ntables,
+			  void (*still_wanted) (void *arg), void *arg)
 {
 	List	   *tables = published_tables(control);
 	TimestampTz started = GetCurrentTimestamp();
@@ -144,7 +146,7 @@ fence_acquire(const char *dsn, PGconn *control, int *ntables)
 	next_terminate = TimestampTzPlusMilliseconds(started, zdm_lock_grace_ms);
 	while (!remote_result_ready(fence, "fencing writes"))
 	{
-		CHECK_FOR_INTERRUPTS();
+		still_wanted(arg);
 		if (GetCurrentTimestamp() >= next_terminate)
 		{
 			terminated += terminate_blockers(control, PQbackendPID(fence));

@@ -124,7 +124,8 @@ extern bool source_drop_slots(PGconn *conn, const char *slot_name, Oid subid,
 extern bool source_drop_publication(PGconn *conn, int timeout_ms);
 
 /* fence.c */
-extern PGconn *fence_acquire(const char *dsn, PGconn *control, int *ntables);
+extern PGconn *fence_acquire(const char *dsn, PGconn *control, int *ntables,
+							 void (*still_wanted) (void *arg), void *arg);
 extern void fence_make_permanent(PGconn *fence, PGconn *control);
 extern void fence_ping(PGconn *fence);
 extern void fence_commit(PGconn *fence);

@@ -135,6 +135,14 @@ check_still_wanted(CutoverRun *run, const char *waiting_for)
 				 errhint("Look at SELECT * FROM zdm.status(); retry with a longer timeout once the target keeps up.")));
 }
 
+/* check_still_wanted for fence_acquire's wait. */
+static void
+still_wanted_while_fencing(void *arg)
+{
+	check_still_wanted((CutoverRun *) arg,
+					   "taking the fence (writes were blocked; they are unblocked again)");
+}
+
 /*
  * Load the migration and refuse what cannot be cut over.
  */
@@ -518,7 +526,8 @@ cutover_steps(CutoverRun *run)
 
 	come_close(run);
 	run->fence_started = GetCurrentTimestamp();
-	run->fence = fence_acquire(dsn, run->control, &ntables);
+	run->fence = fence_acquire(dsn, run->control, &ntables,
+							   still_wanted_while_fencing, run);
 	ereport(NOTICE,
 			(errmsg("writes blocked on the source: %d tables fenced in %.1f ms",
 					ntables,
