@@ -51,8 +51,12 @@
 
 #include "pg_zdm.h"
 
-/* How often a waiting cutover tells the caller where the target is. */
+/*
+ * How often a waiting cutover tells the caller where the target is: while
+ * it moves, and while it does not.
+ */
 #define PROGRESS_NOTICE_MS		250
+#define STALLED_NOTICE_MS		5000
 
 /* How much the source may be ahead when the fence is taken. */
 #define FENCE_LAG_LIMIT_BYTES	(1024 * 1024)
@@ -335,6 +339,7 @@ wait_for_catchup(CutoverRun *run)
 {
 	TimestampTz last_notice = 0;
 	TimestampTz last_ping = GetCurrentTimestamp();
+	int64		last_behind = -1;
 	MemoryContext loopcxt = AllocSetContextCreate(CurrentMemoryContext,
 												  "pg_zdm catch-up",
 												  ALLOCSET_SMALL_SIZES);
@@ -361,13 +366,16 @@ wait_for_catchup(CutoverRun *run)
 			fence_ping(run->fence);
 			last_ping = now;
 		}
-		if (TimestampDifferenceExceeds(last_notice, now, PROGRESS_NOTICE_MS))
+		if (TimestampDifferenceExceeds(last_notice, now,
+									   p.behind != last_behind ?
+									   PROGRESS_NOTICE_MS : STALLED_NOTICE_MS))
 		{
 			ereport(NOTICE,
 					(errmsg("target applied up to %s, %lld bytes behind the final position %s",
 							p.applied_lsn ? p.applied_lsn : "(unknown)",
 							(long long) p.behind, run->final_lsn)));
 			last_notice = now;
+			last_behind = p.behind;
 		}
 		nap();
 	}

@@ -25,21 +25,24 @@ ZDM_PG_CONFIG=${ZDM_PG_BIN}/pg_config
 ZDM_REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
 # Packages the build and the tests need (libipc-run-perl: the TAP framework).
-# libkrb5-dev is deliberately absent: the extension links only libpq and
-# includes no header that pulls in gssapi.h, so the build does not need it.
+# libkrb5-dev is deliberately absent: the extension links only libpq (not the
+# -lgssapi_krb5 of `pg_config --libs`, which PGXS uses for programs only) and
+# includes no server header that pulls in gssapi.h (libpq/libpq-be.h would),
+# so the build does not need it; zdm_build_install says so if that changes.
 ZDM_PACKAGES=(postgresql-${ZDM_PG_VERSION} postgresql-server-dev-${ZDM_PG_VERSION}
               libipc-run-perl make gcc)
 
 # State shared by the functions below.
 ZDM_TMP_ROOT=""                 # postgres-owned directory holding the clusters
 ZDM_WORKDIR=""                  # postgres-owned copy of the repository
-ZDM_TMP_DIRS=()                 # directories removed at exit
+ZDM_TMP_DIRS=()                 # directories (and files) removed at exit
 ZDM_CLUSTERS=()                 # running clusters, in start order
 declare -A ZDM_CLUSTER_DIR=()   # cluster name -> its directory
 declare -A ZDM_CLUSTER_PORT=()  # cluster name -> its port
 ZDM_PORTS_TAKEN=" "             # ports handed out by zdm_free_port
 ZDM_BEFORE_HOOKS=()             # commands run at exit before the cleanup
 ZDM_AFTER_HOOKS=()              # commands run at exit after the cleanup
+ZDM_CHILD_PID=""                # the command zdm_run_logged is waiting for
 
 # ---------------------------------------------------------------------------
 # Messages
@@ -108,9 +111,17 @@ zdm_install_packages() {
 # Build the extension in the repository and install it into PostgreSQL 15.
 # Build products stay in the repository; .gitignore covers them.
 zdm_build_install() {
+    local buildlog
+    buildlog=$(mktemp -t pg_zdm.build.XXXXXX)
+    ZDM_TMP_DIRS+=("$buildlog")
     zdm_log "building pg_zdm in $ZDM_REPO_ROOT"
-    make -C "$ZDM_REPO_ROOT" -j"$(nproc)" PG_CONFIG="$ZDM_PG_CONFIG" ||
+    if ! make -C "$ZDM_REPO_ROOT" -j"$(nproc)" PG_CONFIG="$ZDM_PG_CONFIG" 2>&1 |
+            tee "$buildlog"; then
+        if grep -q 'gssapi' "$buildlog" && ! zdm_package_installed libkrb5-dev; then
+            zdm_die "make failed: a source file now includes a server header that needs gssapi.h; add libkrb5-dev to ZDM_PACKAGES in test/lib/common.sh"
+        fi
         zdm_die "make failed (see the compiler output above)"
+    fi
     zdm_log "installing pg_zdm"
     make -C "$ZDM_REPO_ROOT" PG_CONFIG="$ZDM_PG_CONFIG" install ||
         zdm_die "make install failed"
@@ -356,6 +367,70 @@ zdm_psql() {
 }
 
 # ---------------------------------------------------------------------------
+# Long-running commands
+# ---------------------------------------------------------------------------
+
+# zdm_run_logged LOG CMD...: run CMD with its stdout and stderr shown and
+# copied to LOG, and return its status.  It runs in the background while this
+# shell waits for it, because bash defers a trap until a foreground command
+# ends: this way a SIGTERM (a CI timeout) or Ctrl-C stops a test run of
+# several minutes at once, and the EXIT trap ends CMD's whole process tree.
+zdm_run_logged() {
+    local log=$1 rc=0
+    shift
+    ( "$@" 2>&1 | tee "$log" ) &
+    ZDM_CHILD_PID=$!
+    wait "$ZDM_CHILD_PID" || rc=$?
+    ZDM_CHILD_PID=""
+    return "$rc"
+}
+
+# Print the process ids of every descendant of process $1, read from /proc
+# (procps may be missing on a minimal image).
+zdm__descendants() {
+    local f stat pid ppid rest
+    local -A kids=()
+    for f in /proc/[0-9]*/stat; do
+        stat=$(<"$f") 2>/dev/null || continue
+        pid=${f#/proc/}
+        pid=${pid%/stat}
+        # The fields after "(comm) " are: state ppid ...
+        read -r _ ppid rest <<<"${stat##*) }"
+        kids[$ppid]+=" $pid"
+    done
+    local queue=("$1") next
+    while [[ ${#queue[@]} -gt 0 ]]; do
+        next=${queue[0]}
+        queue=("${queue[@]:1}")
+        for pid in ${kids[$next]:-}; do
+            echo "$pid"
+            queue+=("$pid")
+        done
+    done
+}
+
+# End the process $1 started by zdm_run_logged and everything it started.
+zdm__kill_tree() {
+    local pids
+    pids=$(zdm__descendants "$1")
+    # shellcheck disable=SC2086
+    kill -TERM "$1" $pids 2>/dev/null
+    wait "$1" 2>/dev/null
+}
+
+# Stop every server whose data directory lies under directory $1: servers of
+# pg_regress or the TAP framework that an interrupted test run left behind.
+# They run in a session of their own, out of reach of zdm__kill_tree.
+zdm__stop_servers_under() {
+    local pidfile
+    while IFS= read -r pidfile; do
+        zdm_log "stopping the server left running in ${pidfile%/postmaster.pid}"
+        zdm_as_postgres pg_ctl -D "${pidfile%/postmaster.pid}" -m immediate \
+            -w -t 30 stop >/dev/null 2>&1
+    done < <(find "$1" -name postmaster.pid -type f 2>/dev/null)
+}
+
+# ---------------------------------------------------------------------------
 # Cleanup at exit
 # ---------------------------------------------------------------------------
 
@@ -372,21 +447,30 @@ zdm_after_cleanup() {
     ZDM_AFTER_HOOKS+=("$1")
 }
 
-# The EXIT trap: run the hooks, stop every cluster still running (newest
-# first, so a subscriber goes before its publisher), remove the temporary
-# directories, and exit with the script's status.  Failures here are reported
+# The EXIT trap: end the command zdm_run_logged runs, if any; run the hooks;
+# stop every cluster still running (newest first, so a subscriber goes before
+# its publisher) and any other server under our temporary directories; remove
+# those directories; run the late hooks; exit with the script's status.  Failures here are reported
 # but never stop the cleanup.
 zdm__cleanup() {
     ZDM_EXIT_STATUS=$?
     set +e
-    trap - EXIT INT TERM HUP
+    trap - EXIT
+    trap "" INT TERM HUP     # finish the cleanup even if signalled again
     local hook i dir
 
+    if [[ -n $ZDM_CHILD_PID ]]; then
+        zdm_log "stopping the running command (pid $ZDM_CHILD_PID)"
+        zdm__kill_tree "$ZDM_CHILD_PID"
+    fi
     for hook in "${ZDM_BEFORE_HOOKS[@]}"; do
         eval "$hook" || zdm_warn "cleanup step failed: $hook"
     done
     for ((i = ${#ZDM_CLUSTERS[@]} - 1; i >= 0; i--)); do
         zdm_cluster_stop "${ZDM_CLUSTERS[i]}"
+    done
+    for dir in "${ZDM_TMP_DIRS[@]}"; do
+        zdm__stop_servers_under "$dir"
     done
     for dir in "${ZDM_TMP_DIRS[@]}"; do
         if [[ ${ZDM_KEEP_TMP:-0} == 1 ]]; then
