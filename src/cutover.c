@@ -244,6 +244,9 @@ zdm_cutover(PG_FUNCTION_ARGS)
 	call.shared->user_id = GetUserId();
 	call.shared->timeout_ms = timeout_ms;
 	call.shared->sequence_buffer = sequence_buffer;
+	call.shared->lock_grace_ms = zdm_lock_grace_ms;
+	call.shared->fence_idle_timeout_ms = zdm_fence_idle_timeout_ms;
+	call.shared->poll_interval_ms = zdm_poll_interval_ms;
 	mq = shm_mq_create((char *) call.shared + MAXALIGN(sizeof(CutoverShared)),
 					   CUTOVER_QUEUE_SIZE);
 	shm_mq_set_receiver(mq, MyProc);

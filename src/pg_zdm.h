@@ -146,6 +146,9 @@ typedef struct CutoverShared
 	Oid			user_id;
 	int64		timeout_ms;
 	int64		sequence_buffer;
+	int			lock_grace_ms;	/* the caller's zdm.* settings */
+	int			fence_idle_timeout_ms;
+	int			poll_interval_ms;
 	Latch	   *worker_latch;	/* set by the worker once it runs */
 	bool		abort_requested;	/* the caller gave up: unlock and stop */
 	bool		past_no_return; /* the source is read-only for good */

@@ -627,6 +627,10 @@ zdm_cutover_worker_main(Datum main_arg)
 
 	BackgroundWorkerInitializeConnectionByOid(run.shared->database_id,
 											  run.shared->user_id, 0);
+	/* the settings of the session that called zdm.cutover() */
+	zdm_lock_grace_ms = run.shared->lock_grace_ms;
+	zdm_fence_idle_timeout_ms = run.shared->fence_idle_timeout_ms;
+	zdm_poll_interval_ms = run.shared->poll_interval_ms;
 	pgstat_report_appname("pg_zdm cutover");
 
 	if (!migration_lock_try())

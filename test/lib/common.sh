@@ -29,7 +29,7 @@ ZDM_REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # -lgssapi_krb5 of `pg_config --libs`, which PGXS uses for programs only) and
 # includes no server header that pulls in gssapi.h (libpq/libpq-be.h would),
 # so the build does not need it; zdm_build_install says so if that changes.
-ZDM_PACKAGES=(postgresql-${ZDM_PG_VERSION} postgresql-server-dev-${ZDM_PG_VERSION}
+ZDM_PACKAGES=("postgresql-$ZDM_PG_VERSION" "postgresql-server-dev-$ZDM_PG_VERSION"
               libipc-run-perl make gcc)
 
 # State shared by the functions below.
@@ -69,7 +69,7 @@ zdm_die() {
 # Everything here needs root: apt-get, make install, runuser.
 zdm_require_root() {
     if [[ $(id -u) -ne 0 ]]; then
-        zdm_die "$(basename "$0") must run as root (it installs packages and the extension, then runs the tests as the postgres OS user)"
+        zdm_die "$(basename "$0") must run as root: it installs packages and pg_zdm, and runs PostgreSQL as the postgres OS user"
     fi
 }
 
@@ -201,9 +201,9 @@ zdm__tmp_root() {
 # Throwaway clusters
 # ---------------------------------------------------------------------------
 
-# True when something listens on TCP port $1 of the loopback interface (or a
-# socket file for it exists in one of our directories).  Uses ss when present;
-# a minimal Debian image lacks iproute2, so fall back to trying to connect.
+# True when something listens on TCP port $1 of the loopback interface.  Uses
+# ss when present; a minimal Debian image lacks iproute2, so otherwise it tries
+# to connect.
 zdm__port_busy() {
     local port=$1
     if command -v ss >/dev/null 2>&1; then
@@ -254,7 +254,7 @@ zdm_cluster_start() {
     local name=${1:?zdm_cluster_start NAME PORT [CONF_LINE...]}
     local port=${2:-auto}
     shift 2 || shift $#
-    local dir data log line attempt
+    local dir data log line _attempt
 
     [[ -z ${ZDM_CLUSTER_DIR[$name]:-} ]] || zdm_die "cluster $name already exists"
     zdm__tmp_root
@@ -271,7 +271,7 @@ zdm_cluster_start() {
         zdm_die "initdb of cluster $name failed"
     }
 
-    for attempt in 1 2 3 4 5; do
+    for _attempt in 1 2 3 4 5; do
         if [[ $port == auto ]]; then
             zdm_free_port >/dev/null
             ZDM_CLUSTER_PORT[$name]=$ZDM__LAST_PORT
@@ -450,8 +450,8 @@ zdm_after_cleanup() {
 # The EXIT trap: end the command zdm_run_logged runs, if any; run the hooks;
 # stop every cluster still running (newest first, so a subscriber goes before
 # its publisher) and any other server under our temporary directories; remove
-# those directories; run the late hooks; exit with the script's status.  Failures here are reported
-# but never stop the cleanup.
+# those directories; run the late hooks; exit with the script's status.
+# Failures here are reported but never stop the cleanup.
 zdm__cleanup() {
     ZDM_EXIT_STATUS=$?
     set +e
