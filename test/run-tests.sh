@@ -1,0 +1,260 @@
+#!/usr/bin/env bash
+# test/run-tests.sh: the test command of pg_zdm (README quick start, CI)
+#
+# Run as root on a Debian 12 machine, from anywhere:
+#
+#     bash test/run-tests.sh
+#
+# It installs PostgreSQL 15 and the build tools if missing, builds and installs
+# the extension, copies the tree to a postgres-owned temporary directory and
+# runs `make installcheck` there as the postgres OS user, in two passes so that
+# a failing pg_regress test does not hide the TAP results:
+#
+#   1. the pg_regress suite (REGRESS), on its own throwaway server
+#      (REGRESS_OPTS --temp-instance), with the TAP tests switched off;
+#   2. the TAP tests (test/t/*.pl, separate source and target clusters), with
+#      REGRESS emptied.
+#
+# On failure it prints regression.diffs and the TAP logs.  Either way the
+# outputs are copied to test/output/ in the repository (replacing the previous
+# run's).  The last line printed is always `N passed, N failed` (pg_regress
+# tests plus TAP assertions), and the exit status is non-zero when anything
+# failed -- CI judges by those two.
+#
+# Optional environment:
+#   ZDM_REGRESS="a b"          run only these pg_regress tests
+#   ZDM_PROVE_TESTS="test/t/010_x.pl"   run only these TAP files
+#   ZDM_KEEP_TMP=1             keep the temporary copy (see test/lib/common.sh)
+
+set -euo pipefail
+
+# shellcheck source=test/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+
+OUTPUT_DIR=$ZDM_REPO_ROOT/test/output
+PASSED=0
+FAILED=0
+
+# Print the summary line CI reads.  Runs after all cleanup so that it is the
+# last line of output.  A run that failed before or outside the tests (a build
+# error, a crash of pg_regress) counts as at least one failure, so the line
+# never reads "0 failed" next to a failing exit status.
+print_summary() {
+    if [[ $ZDM_EXIT_STATUS -ne 0 && $FAILED -eq 0 ]]; then
+        FAILED=1
+    fi
+    echo
+    echo "$PASSED passed, $FAILED failed"
+}
+
+# Count pg_regress results in the make output $1: PostgreSQL 15's pg_regress
+# prints one line per test, "test NAME ... ok" (or "     NAME ... ok" inside a
+# parallel group), with FAILED instead of ok for a failure.  Ignored failures
+# count as neither.  Prints "PASSED FAILED".
+count_pg_regress() {
+    awk '
+        /^(test +| +)[^ ]+ +\.\.\. +ok( |$)/    { ok++ }
+        /^(test +| +)[^ ]+ +\.\.\. +FAILED( |$)/ { bad++ }
+        END { printf "%d %d\n", ok, bad }
+    ' "$1"
+}
+
+# Count TAP results in the prove output $1.  prove ends with
+# "Files=F, Tests=T, ..." and, when something failed, a "Test Summary Report"
+# with one "FILE (Wstat: W [(exited N)] Tests: T Failed: K)" line per failing
+# file.  Every
+# failed assertion counts as a failure; a file that failed without a failed
+# assertion (it died, had a bad plan, exited non-zero) counts as one more.
+# Everything else that ran passed.  Prints "PASSED FAILED".
+count_prove() {
+    awk '
+        /^Files=[0-9]+, Tests=[0-9]+/ {
+            sub(/^Files=[0-9]+, Tests=/, ""); total = $0 + 0
+        }
+        /\(Wstat: [0-9]+.* Tests: [0-9]+ Failed: [0-9]+\)/ {
+            s = $0; sub(/.*Failed: /, "", s); k = s + 0
+            if (k > 0) bad += k; else dead++
+        }
+        END { printf "%d %d\n", total - bad, bad + dead }
+    ' "$1"
+}
+
+# The TAP files that failed, from the Test Summary Report of prove output $1.
+failed_tap_files() {
+    sed -n 's/^\(.*\.pl\) *(Wstat: .*/\1/p' "$1"
+}
+
+# Print the value of make variable $1 as the Makefile sets it, so that this
+# script follows the Makefile instead of repeating it.
+make_var() {
+    local rule
+    rule=$'zdm-print-var:\n\t@echo \'$('"$1"$')\'\n'
+    printf '%s' "$rule" |
+        zdm_as_postgres_in "$ZDM_WORKDIR" make -s --no-print-directory \
+            PG_CONFIG="$ZDM_PG_CONFIG" -f Makefile -f - zdm-print-var ||
+        zdm_die "could not read variable $1 from the Makefile"
+}
+
+# Print the files in the work directory that the space-separated glob
+# patterns $1 match, one per line (nothing for a pattern that matches none).
+expand_globs() {
+    local pattern patterns
+    read -r -a patterns <<<"$1"     # split on spaces, no globbing here
+    for pattern in "${patterns[@]}"; do
+        (cd "$ZDM_WORKDIR" && compgen -G "$pattern") || true
+    done | sort
+}
+
+# Run one `make installcheck` pass as postgres in the work directory, logging
+# to $1, with the make variable overrides that follow.  Returns make's status.
+run_installcheck() {
+    local log=$1
+    shift
+    zdm_run_logged "$log" zdm_as_postgres_in "$ZDM_WORKDIR" \
+        make PG_CONFIG="$ZDM_PG_CONFIG" installcheck "$@"
+}
+
+# Show a file under a banner, so it can be found in a long CI log.
+show_file() {
+    echo
+    echo "======== $1 ========"
+    cat "$1"
+}
+
+# After a failed pg_regress pass: the diffs, and the end of the logs of
+# initdb and of the temporary server (pg_regress writes them to log/ in the
+# output directory), which say why when it could not even run the tests.
+report_regress_failure() {
+    local f
+    if [[ -s $ZDM_WORKDIR/regression.diffs ]]; then
+        show_file "$ZDM_WORKDIR/regression.diffs"
+    fi
+    for f in "$ZDM_WORKDIR"/log/*.log; do
+        [[ -f $f ]] || continue
+        echo
+        echo "======== last lines of $f ========"
+        tail -n 60 "$f"
+    done
+}
+
+# After a failed TAP pass: the full log of every failed test file and the end
+# of the server logs it produced (all test logs when the failed files are not
+# known, e.g. when prove bailed out).
+report_tap_failure() {
+    local log=$1 file base f known=0
+    local logdir=$ZDM_WORKDIR/tmp_check/log
+    [[ -d $logdir ]] || return 0
+    while IFS= read -r file; do
+        known=1
+        base=$(basename "$file" .pl)
+        if [[ -f $logdir/regress_log_$base ]]; then
+            show_file "$logdir/regress_log_$base"
+        fi
+        for f in "$logdir/${base}"_*.log; do
+            [[ -f $f ]] || continue
+            echo
+            echo "======== last lines of $f ========"
+            tail -n 80 "$f"
+        done
+    done < <(failed_tap_files "$log")
+    if [[ $known -eq 0 ]]; then
+        for f in "$logdir"/regress_log_*; do
+            [[ -f $f ]] && show_file "$f"
+        done
+    fi
+    return 0
+}
+
+# Copy this run's outputs from the work directory to test/output/ in the
+# repository, replacing the previous run's.  Registered to run at exit so an
+# interrupted run keeps what it produced.
+copy_outputs() {
+    [[ -n $ZDM_WORKDIR && -d $ZDM_WORKDIR ]] || return 0
+    local w=$ZDM_WORKDIR
+    rm -rf "$OUTPUT_DIR"
+    mkdir -p "$OUTPUT_DIR/regress" "$OUTPUT_DIR/tap"
+    cp "$w"/installcheck-*.log "$OUTPUT_DIR/" 2>/dev/null || true
+    cp "$w"/regression.diffs "$w"/regression.out "$OUTPUT_DIR/regress/" 2>/dev/null || true
+    [[ -d $w/results ]] && cp -r "$w/results" "$OUTPUT_DIR/regress/"
+    [[ -d $w/log ]] && cp -r "$w/log" "$OUTPUT_DIR/regress/"
+    [[ -d $w/tmp_check/log ]] && cp -r "$w/tmp_check/log/." "$OUTPUT_DIR/tap/"
+    zdm_log "test outputs copied to $OUTPUT_DIR"
+}
+
+main() {
+    local status=0 rc p f regress tap_tests prove_tests
+    local extra_regress=() extra_tap=()
+
+    zdm_after_cleanup print_summary
+    zdm_require_root
+    zdm_install_packages
+    zdm_build_install
+    zdm_workdir
+    zdm_before_cleanup copy_outputs
+
+    # Pass 1: pg_regress.
+    regress=${ZDM_REGRESS:-$(make_var REGRESS)}
+    [[ -n ${ZDM_REGRESS:-} ]] && extra_regress=(REGRESS="$ZDM_REGRESS")
+    if [[ -z $regress ]]; then
+        zdm_log "no pg_regress tests in the Makefile"
+    else
+        zdm_log "pass 1: pg_regress ($regress)"
+        rc=0
+        run_installcheck "$ZDM_WORKDIR/installcheck-regress.log" \
+            TAP_TESTS= "${extra_regress[@]}" || rc=$?
+        read -r p f < <(count_pg_regress "$ZDM_WORKDIR/installcheck-regress.log")
+        PASSED=$((PASSED + p))
+        FAILED=$((FAILED + f))
+        if [[ $rc -ne 0 ]]; then
+            status=$rc
+            report_regress_failure
+            if [[ $f -eq 0 ]]; then
+                FAILED=$((FAILED + 1))
+                zdm_warn "pg_regress pass failed (make exit status $rc) with no test reported as failed: counted as one failure"
+            else
+                zdm_warn "pg_regress pass failed (make exit status $rc): $p passed, $f failed"
+            fi
+        else
+            zdm_log "pg_regress pass: $p passed"
+        fi
+    fi
+
+    # Pass 2: TAP.  Expand the Makefile's PROVE_TESTS glob first: prove fails
+    # on a pattern that matches nothing.
+    tap_tests=$(make_var TAP_TESTS)
+    prove_tests=${ZDM_PROVE_TESTS:-$(make_var PROVE_TESTS)}
+    [[ -n ${ZDM_PROVE_TESTS:-} ]] && extra_tap=(PROVE_TESTS="$ZDM_PROVE_TESTS")
+    prove_tests=$(expand_globs "${prove_tests:-t/*.pl}")
+    if [[ -z $tap_tests ]]; then
+        zdm_log "TAP tests are switched off in the Makefile"
+    elif [[ -z $prove_tests ]]; then
+        zdm_log "no TAP test files found"
+    else
+        zdm_log "pass 2: TAP tests (${prove_tests//$'\n'/ })"
+        rc=0
+        run_installcheck "$ZDM_WORKDIR/installcheck-tap.log" \
+            REGRESS= "${extra_tap[@]}" || rc=$?
+        read -r p f < <(count_prove "$ZDM_WORKDIR/installcheck-tap.log")
+        PASSED=$((PASSED + p))
+        FAILED=$((FAILED + f))
+        if [[ $rc -ne 0 ]]; then
+            [[ $status -eq 0 ]] && status=$rc
+            report_tap_failure "$ZDM_WORKDIR/installcheck-tap.log"
+            if [[ $f -eq 0 ]]; then
+                FAILED=$((FAILED + 1))
+                zdm_warn "TAP pass failed (make exit status $rc) with no test reported as failed: counted as one failure"
+            else
+                zdm_warn "TAP pass failed (make exit status $rc): $p passed, $f failed"
+            fi
+        else
+            zdm_log "TAP pass: $p passed"
+        fi
+    fi
+
+    if [[ $status -eq 0 && $PASSED -eq 0 ]]; then
+        zdm_warn "no tests ran"
+    fi
+    return "$status"
+}
+
+main "$@"
