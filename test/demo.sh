@@ -18,8 +18,9 @@
 #
 # while it also writes on the source during the initial copy (those rows
 # must arrive by streaming), then compares the row counts of both sides,
-# failing if they differ.  The cutover comes last
-# (demo_cutover).  With --pause it waits for Enter before stopping the
+# failing if they differ.  Last, CALL zdm.cutover() runs while writers keep
+# inserting (demo_cutover): it prints how long writes were blocked and fails
+# if any write the source acknowledged is missing on the target.  With --pause it waits for Enter before stopping the
 # clusters, so that they can be explored with the psql commands it prints.
 # Everything is stopped and removed at exit, also on failure or Ctrl-C.
 #
@@ -218,18 +219,84 @@ compare_counts() {
 }
 
 # ---------------------------------------------------------------------------
-# CUTOVER GOES HERE.
-#
-# demo_cutover: the last step of the demo, to be filled in with the cutover
-# work: CALL zdm.cutover(); while writes run on the source, then show that the
-# source is read-only, the target's sequences are ahead of the source's, and
-# the subscription, slot and publication are gone.
+# demo_cutover: CALL zdm.cutover() while writers keep inserting on the
+# source; each writer moves to the target once the source rejects it as
+# read-only.  Then show that every write the source acknowledged is on the
+# target, how long writes were unavailable, that the source refuses writes,
+# that the sequences moved ahead and that nothing of the migration is left.
 # ---------------------------------------------------------------------------
+DEMO_WRITERS=3
+
+# writer N DIR: insert customers demo-wN-I@example.com one transaction per
+# connection, on the source until it answers "read-only", then on the target;
+# log "S|T key epoch-seconds" for every acknowledged commit; stop when DIR/stop
+# exists.
+writer() {
+    local n=$1 dir=$2 i=0 side=source out
+    while [[ ! -e $dir/stop ]]; do
+        i=$((i + 1))
+        if out=$(zdm_psql "$side" -d "$DEMO_DB" -At -c \
+            "INSERT INTO public.customers (name, email) VALUES ('writer $n', 'demo-w$n-$i@example.com') RETURNING email" 2>&1); then
+            echo "${side:0:1} $out $(date +%s.%N)" >>"$dir/acks.$n"
+        elif [[ $side == source && $out == *read-only* ]]; then
+            side=target
+        fi
+    done
+}
+
 demo_cutover() {
-    step "Cutover"
+    local dir n dsn notices blocked window lost acked src_seq tgt_seq
+    step "Cutover under write load"
+    zdm__mktemp_postgres demo
+    dir=$ZDM__LAST_TMP
+    for ((n = 1; n <= DEMO_WRITERS; n++)); do
+        writer "$n" "$dir" &
+    done
+    sleep 2
+    echo "  $DEMO_WRITERS writers insert on the source, one transaction per connection"
+    show_sql target "CALL zdm.cutover();"
+    notices=$(zdm_psql target -d "$DEMO_DB" -c "CALL zdm.cutover();" 2>&1) ||
+        { echo "$notices"; zdm_die "the cutover failed"; }
+    echo "$notices"
+    # let the writers reach the target, then stop them
+    sleep 2
+    touch "$dir/stop"
+    wait
+
+    step "Did we lose anything?"
+    cat "$dir"/acks.* >"$dir/all"
+    acked=$(grep -c '^s ' "$dir/all" || true)
+    lost=0
+    while read -r _ key _; do
+        [[ $(sql_value target "SELECT count(*) FROM public.customers WHERE email = '$key'") == 1 ]] ||
+            { echo "  LOST: $key was acknowledged by the source but is not on the target"; lost=$((lost + 1)); }
+    done < <(grep '^s ' "$dir/all")
+    echo "  writes acknowledged by the source: $acked, missing on the target: $lost"
+    echo "  writes acknowledged by the target after the switch: $(grep -c '^t ' "$dir/all" || true)"
+    [[ $lost -eq 0 ]] || zdm_die "$lost acknowledged writes were lost"
+
+    blocked=$(sed -n 's/.*writes were blocked on the source for \([0-9.]*\) ms.*/\1/p' <<<"$notices")
+    # per writer: first commit on the target minus last commit on the source
+    window=$(for ((n = 1; n <= DEMO_WRITERS; n++)); do
+        awk '$1 == "s" { s = $3 } $1 == "t" && !t { t = $3 } END { if (s && t) printf "%.0f\n", (t - s) * 1000 }' "$dir/acks.$n"
+    done | sort -n | tail -1)
+    echo "  writes blocked on the source (fence taken to target detached): ${blocked} ms"
+    echo "  longest gap a writer saw between its last commit on the source and its first on the target: ${window} ms"
+    echo "  (that gap includes each writer's own reconnects: one psql process per transaction)"
+
+    step "After the cutover"
+    show_sql source "INSERT INTO public.customers (name, email) VALUES ('too late', 'late@example.com');"
+    if zdm_psql source -d "$DEMO_DB" -c "INSERT INTO public.customers (name, email) VALUES ('too late', 'late@example.com')"; then
+        zdm_die "the source accepted a write after the cutover"
+    fi
+    src_seq=$(sql_value source "SELECT last_value FROM public.customers_id_seq")
+    tgt_seq=$(sql_value target "SELECT last_value FROM public.customers_id_seq")
+    echo "  customers_id_seq: source $src_seq, target $tgt_seq (ahead by the sequence_buffer of 5000)"
+    sql target "SELECT * FROM zdm.status();"
+    sql target "SELECT event, detail FROM zdm.event_log ORDER BY id;"
+    sql source "SELECT count(*) AS zdm_slots FROM pg_replication_slots; SELECT count(*) AS publications FROM pg_publication;"
     echo
-    echo "  The target is in sync.  Cutover comes next: CALL zdm.cutover();"
-    echo "  (not part of this demo yet)"
+    echo "  The source stays read-only; DROP SCHEMA zdm_fence CASCADE on it would make it writable again."
 }
 
 # With --pause: show how to reach both clusters and wait for Enter.
