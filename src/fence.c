@@ -14,6 +14,13 @@
  * already hold a conflicting lock are given zdm.lock_grace_period to end,
  * then terminated (they were never acknowledged, so nothing is lost).
  *
+ * LOCK TABLE takes its tables one at a time, so a transaction that wrote to
+ * one of them and then waits for another we already hold deadlocks with the
+ * fence.  The fence session raises its own deadlock_timeout (superusers
+ * only), so that the detector, which runs in whichever waiter's timeout
+ * fires first, picks the application's transaction: it was never
+ * acknowledged, and the fence goes on.
+ *
  * Because the fence is a transaction on a connection, every failure ends it:
  * an ERROR, a killed worker, a restarted target close the connection and the
  * source rolls the transaction back.  If the target goes silent instead, the
@@ -134,7 +141,9 @@ fence_acquire(const char *dsn, PGconn *control, int *ntables,
 	appendStringInfo(&sql,
 					 "SET idle_in_transaction_session_timeout = %d; "
 					 "SET statement_timeout = 0; SET lock_timeout = 0; "
-					 "SET synchronous_commit = on",
+					 "SET synchronous_commit = on; "
+					 "SELECT set_config('deadlock_timeout', '1h', false) "
+					 "FROM pg_roles WHERE rolname = current_user AND rolsuper",
 					 zdm_fence_idle_timeout_ms);
 	remote_command(fence, sql.data, "setting up the fence session");
 

@@ -234,11 +234,12 @@ connect_loop(const char *dsn, TimestampTz deadline, bool interruptible,
 
 /*
  * Settings every source session gets: nothing it runs depends on the
- * source's search_path, datestyle or encoding defaults.
+ * source's search_path, datestyle or encoding defaults, and its catalog
+ * queries are not worth JIT compilation (which can cost a second).
  */
 static const char *session_setup =
 "SET search_path = pg_catalog; SET datestyle = ISO; "
-"SET client_encoding = 'UTF8'; SET intervalstyle = postgres";
+"SET client_encoding = 'UTF8'; SET intervalstyle = postgres; SET jit = off";
 
 /*
  * Connect and run the session setup.  Returns NULL and *reason (with

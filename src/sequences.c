@@ -26,54 +26,74 @@
 
 #include "pg_zdm.h"
 
+/*
+ * Every used sequence of the source with the table column that owns it, if
+ * any.  Driven by pg_sequence with lookups by OID only, so that the plan does
+ * not depend on catalog statistics (see target_setval_sql).
+ */
 static const char *source_sequences_sql =
-"SELECT n.nspname, c.relname, v.last, tn.nspname, tc.relname, a.attname "
-"FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid "
-"JOIN pg_namespace n ON n.oid = c.relnamespace "
-"CROSS JOIN LATERAL (SELECT pg_sequence_last_value(s.seqrelid) AS last) v "
-"LEFT JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = c.oid "
-"  AND d.refclassid = 'pg_class'::regclass AND d.refobjsubid > 0 "
-"  AND d.deptype IN ('a', 'i') "
-"LEFT JOIN pg_class tc ON tc.oid = d.refobjid "
-"LEFT JOIN pg_namespace tn ON tn.oid = tc.relnamespace "
-"LEFT JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
-"WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') "
-"  AND n.nspname !~ '^pg_' AND v.last IS NOT NULL";
+"SELECT (SELECT nspname FROM pg_namespace WHERE oid = c.relnamespace), "
+"       c.relname, v.last, o.tnsp, o.tbl, o.col "
+"FROM (SELECT seqrelid, pg_sequence_last_value(seqrelid) AS last FROM pg_sequence) v "
+"CROSS JOIN LATERAL (SELECT relname, relnamespace FROM pg_class "
+"                    WHERE oid = v.seqrelid) c "
+"LEFT JOIN LATERAL (SELECT tn.nspname AS tnsp, tc.relname AS tbl, a.attname AS col "
+"  FROM pg_depend d "
+"  JOIN pg_class tc ON tc.oid = d.refobjid "
+"  JOIN pg_namespace tn ON tn.oid = tc.relnamespace "
+"  JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
+"  WHERE d.classid = 'pg_class'::regclass AND d.objid = v.seqrelid "
+"    AND d.refclassid = 'pg_class'::regclass AND d.refobjsubid > 0 "
+"    AND d.deptype IN ('a', 'i') LIMIT 1) o ON true "
+"WHERE v.last IS NOT NULL "
+"  AND (SELECT nspname FROM pg_namespace WHERE oid = c.relnamespace) "
+"      NOT IN ('pg_catalog', 'information_schema') "
+"  AND (SELECT nspname FROM pg_namespace WHERE oid = c.relnamespace) !~ '^pg_'";
 
 /*
  * Map each source sequence to one here and set it, all in one statement.
+ * Every lookup is by name through to_regclass or a unique index, so the plan
+ * does not depend on catalog statistics (thousands of freshly created
+ * sequences would otherwise lead the planner into a quadratic join).
  * Columns: sequences set, sequences found nowhere here.
  */
 static const char *target_setval_sql =
 "WITH src AS ("
 "  SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[]) "
 "    AS s(nsp, seq, last, tnsp, tbl, col)), "
+"owner AS ("
+"  SELECT src.*, CASE WHEN src.tbl IS NOT NULL THEN pg_catalog.to_regclass("
+"    pg_catalog.quote_ident(src.tnsp) || '.' || pg_catalog.quote_ident(src.tbl)) END AS tblid "
+"  FROM src), "
 "mapped AS ("
-"  SELECT src.last, coalesce(owned.seqoid, named.seqoid) AS seqoid "
-"  FROM src "
-"  LEFT JOIN LATERAL (SELECT d.objid AS seqoid "
-"    FROM pg_catalog.pg_namespace tn "
-"    JOIN pg_catalog.pg_class tc ON tc.relnamespace = tn.oid AND tc.relname = src.tbl "
-"    JOIN pg_catalog.pg_attribute a ON a.attrelid = tc.oid AND a.attname = src.col "
-"    JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass "
-"      AND d.refobjid = tc.oid AND d.refobjsubid = a.attnum "
-"      AND d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i') "
-"    JOIN pg_catalog.pg_class sc ON sc.oid = d.objid AND sc.relkind = 'S' "
-"    WHERE tn.nspname = src.tnsp LIMIT 1) owned ON src.tbl IS NOT NULL "
-"  LEFT JOIN LATERAL (SELECT c.oid AS seqoid FROM pg_catalog.pg_class c "
-"    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-"    WHERE n.nspname = src.nsp AND c.relname = src.seq AND c.relkind = 'S') named ON true), "
+"  SELECT o.last, coalesce("
+"    (SELECT d.objid FROM pg_catalog.pg_depend d "
+"      WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass "
+"        AND d.refobjid = o.tblid "
+"        AND d.refobjsubid = (SELECT a.attnum FROM pg_catalog.pg_attribute a "
+"          WHERE a.attrelid = o.tblid AND a.attname = o.col AND NOT a.attisdropped) "
+"        AND d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass "
+"        AND d.deptype IN ('a', 'i') LIMIT 1), "
+"    pg_catalog.to_regclass(pg_catalog.quote_ident(o.nsp) || '.' || pg_catalog.quote_ident(o.seq))::pg_catalog.oid"
+"  ) AS seqoid "
+"  FROM owner o), "
+"bounds AS ("
+"  SELECT m.seqoid, m.last, "
+"    (SELECT p.seqincrement FROM pg_catalog.pg_sequence p WHERE p.seqrelid = m.seqoid) AS incr, "
+"    (SELECT p.seqmin FROM pg_catalog.pg_sequence p WHERE p.seqrelid = m.seqoid) AS lo, "
+"    (SELECT p.seqmax FROM pg_catalog.pg_sequence p WHERE p.seqrelid = m.seqoid) AS hi "
+"  FROM mapped m), "
 "target AS ("
-"  SELECT m.seqoid, "
-"    CASE WHEN p.seqincrement > 0 "
-"      THEN LEAST(GREATEST(m.last::numeric + $7, "
-"             coalesce(pg_catalog.pg_sequence_last_value(m.seqoid), p.seqmin)), p.seqmax) "
-"      ELSE GREATEST(LEAST(m.last::numeric - $7, "
-"             coalesce(pg_catalog.pg_sequence_last_value(m.seqoid), p.seqmax)), p.seqmin) "
+"  SELECT b.seqoid, "
+"    CASE WHEN b.incr > 0 "
+"      THEN LEAST(GREATEST(b.last::numeric + $7, "
+"             coalesce(pg_catalog.pg_sequence_last_value(b.seqoid), b.lo)), b.hi) "
+"      ELSE GREATEST(LEAST(b.last::numeric - $7, "
+"             coalesce(pg_catalog.pg_sequence_last_value(b.seqoid), b.hi)), b.lo) "
 "    END::int8 AS value "
-"  FROM mapped m JOIN pg_catalog.pg_sequence p ON p.seqrelid = m.seqoid) "
+"  FROM bounds b WHERE b.incr IS NOT NULL) "
 "SELECT (SELECT count(pg_catalog.setval(t.seqoid, t.value, true)) FROM target t), "
-"       (SELECT count(*) FROM mapped WHERE seqoid IS NULL)";
+"       (SELECT count(*) FROM bounds WHERE incr IS NULL)";
 
 static Datum
 array_of(RemoteResult *res, int col, Oid elemtype)

@@ -44,6 +44,7 @@
 #include "storage/shm_mq.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/pg_lsn.h"
 #include "utils/snapmgr.h"
@@ -388,16 +389,19 @@ set_sequences(CutoverRun *run)
 {
 	int			unmatched = 0;
 	int			set;
+	TimestampTz started = GetCurrentTimestamp();
+	double		took_ms;
 
 	SPI_connect();
 	set = sequences_sync(run->control, run->shared->sequence_buffer, &unmatched);
 	SPI_finish();
+	took_ms = (double) (GetCurrentTimestamp() - started) / 1000.0;
 
-	event_log("sequences_synced", "%d sequences set to the source's value + %lld, %d without counterpart here",
-			  set, (long long) run->shared->sequence_buffer, unmatched);
+	event_log("sequences_synced", "%d sequences set to the source's value + %lld in %.1f ms, %d without counterpart here",
+			  set, (long long) run->shared->sequence_buffer, took_ms, unmatched);
 	ereport(NOTICE,
-			(errmsg("%d sequences set to the source's value + %lld", set,
-					(long long) run->shared->sequence_buffer),
+			(errmsg("%d sequences set to the source's value + %lld in %.1f ms", set,
+					(long long) run->shared->sequence_buffer, took_ms),
 			 unmatched > 0 ?
 			 errdetail("%d sequences of the source have no counterpart on this target and were left alone.",
 					   unmatched) : 0));
@@ -631,6 +635,8 @@ zdm_cutover_worker_main(Datum main_arg)
 	zdm_lock_grace_ms = run.shared->lock_grace_ms;
 	zdm_fence_idle_timeout_ms = run.shared->fence_idle_timeout_ms;
 	zdm_poll_interval_ms = run.shared->poll_interval_ms;
+	/* JIT-compiling the catalog lookups of the sequence step costs ~1 s */
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	pgstat_report_appname("pg_zdm cutover");
 
 	if (!migration_lock_try())
