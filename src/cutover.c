@@ -283,7 +283,7 @@ zdm_cutover(PG_FUNCTION_ARGS)
 	}
 	PG_END_ENSURE_ERROR_CLEANUP(stop_worker, PointerGetDatum(&call));
 
-	(void) WaitForBackgroundWorkerShutdown(call.handle);
+	/* the worker goes on to drop the slot on the source; no need to wait */
 	if (!call.shared->succeeded)
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),

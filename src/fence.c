@@ -30,7 +30,8 @@
  *
  * In the same transaction the fence creates what keeps the source read-only
  * after success: schema zdm_fence with a statement trigger on every published
- * table that rejects writes.  Committing the fence (fence_commit) is the
+ * table that rejects writes, enabled ALWAYS so that session_replication_role
+ * = replica does not skip it.  Committing the fence (fence_commit) is the
  * cutover's point of no return: it publishes those triggers and releases the
  * locks in one step, so the writers queued behind the fence wake up to the
  * triggers.  Rolling it back leaves no trace.
@@ -205,8 +206,9 @@ fence_make_permanent(PGconn *fence, PGconn *control)
 		appendStringInfo(&sql,
 						 "CREATE TRIGGER zdm_reject_write BEFORE INSERT OR UPDATE "
 						 "OR DELETE OR TRUNCATE ON %s FOR EACH STATEMENT "
-						 "EXECUTE FUNCTION " ZDM_FENCE_SCHEMA ".reject_write(); ",
-						 (char *) lfirst(lc));
+						 "EXECUTE FUNCTION " ZDM_FENCE_SCHEMA ".reject_write(); "
+						 "ALTER TABLE %s ENABLE ALWAYS TRIGGER zdm_reject_write; ",
+						 (char *) lfirst(lc), (char *) lfirst(lc));
 	remote_send(fence, sql.data, "making the source read-only");
 	permanent_pending = true;
 }

@@ -419,22 +419,14 @@ drop_subscription_and_complete(CutoverRun *run)
 }
 
 /*
- * After the point of no return: drop the subscription here, then slot and
- * publication on the source.  The source stays read-only.
+ * After the point of no return: drop the subscription here and record the
+ * completion.  The target is independent from here on; the caller is told
+ * so and released before the source is cleaned (clean_source).
  */
 static void
-finish_detach(CutoverRun *run)
+detach_target(CutoverRun *run)
 {
 	in_transaction(drop_subscription_and_complete, run);
-
-	if (!source_drop_slots(run->control, run->state.slot_name, run->subid,
-						   DETACH_SOURCE_TIMEOUT_MS) ||
-		!source_drop_publication(run->control, DETACH_SOURCE_TIMEOUT_MS))
-		ereport(WARNING,
-				(errmsg("the target is detached, but slot %s or publication %s is still on the source",
-						run->state.slot_name, ZDM_PUBLICATION),
-				 errhint("On the source, run SELECT pg_drop_replication_slot('%s') and DROP PUBLICATION IF EXISTS %s; an unused slot keeps WAL forever.",
-						 run->state.slot_name, ZDM_PUBLICATION)));
 
 	SpinLockAcquire(&run->shared->mutex);
 	run->shared->succeeded = true;
@@ -443,8 +435,46 @@ finish_detach(CutoverRun *run)
 	ereport(NOTICE,
 			(errmsg("cutover complete: writes were blocked on the source for %.1f ms; point the application at this server now",
 					run->blocked_ms),
-			 errdetail("Final source position %s. The source stays read-only (schema %s holds its write-rejecting triggers).",
+			 errdetail("Final source position %s. The source stays read-only (schema %s holds its write-rejecting triggers); the slot is dropped there next, see zdm.event_log.",
 					   run->final_lsn, ZDM_FENCE_SCHEMA)));
+}
+
+static void
+log_source_cleaned(CutoverRun *run)
+{
+	event_log("source_cleaned", "slot %s and publication %s dropped on the source",
+			  run->state.slot_name, ZDM_PUBLICATION);
+}
+
+static void
+log_source_leftovers(CutoverRun *run)
+{
+	event_log("source_cleanup_failed",
+			  "slot %s or publication %s could not be dropped on the source; drop them by hand",
+			  run->state.slot_name, ZDM_PUBLICATION);
+}
+
+/*
+ * Once the caller is gone: drop the slot (its walsender lets go once the
+ * subscription's workers have stopped) and the publication on the source.
+ * A failure is logged, not raised: the migration itself is complete.
+ */
+static void
+clean_source(CutoverRun *run)
+{
+	if (source_drop_slots(run->control, run->state.slot_name, run->subid,
+						  DETACH_SOURCE_TIMEOUT_MS) &&
+		source_drop_publication(run->control, DETACH_SOURCE_TIMEOUT_MS))
+	{
+		in_transaction(log_source_cleaned, run);
+		return;
+	}
+	ereport(WARNING,
+			(errmsg("the target is detached, but slot %s or publication %s is still on the source",
+					run->state.slot_name, ZDM_PUBLICATION),
+			 errhint("On the source, run SELECT pg_drop_replication_slot('%s') and DROP PUBLICATION IF EXISTS %s; an unused slot keeps WAL forever.",
+					 run->state.slot_name, ZDM_PUBLICATION)));
+	in_transaction(log_source_leftovers, run);
 }
 
 static bool
@@ -527,7 +557,7 @@ cutover_steps(CutoverRun *run)
 					(errmsg("finishing the detach of an interrupted cutover"),
 					 errdetail("The source was made read-only for good before the interruption.")));
 			run->final_lsn = run->state.final_lsn;
-			finish_detach(run);
+			detach_target(run);
 			return;
 		}
 		in_transaction(mark_streaming, run);
@@ -564,7 +594,7 @@ cutover_steps(CutoverRun *run)
 	remote_set_deadline(TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													DETACH_SOURCE_TIMEOUT_MS));
 	commit_fence(run);
-	finish_detach(run);
+	detach_target(run);
 }
 
 /*
@@ -673,7 +703,15 @@ zdm_cutover_worker_main(Datum main_arg)
 	}
 	PG_END_TRY();
 
+	/*
+	 * Release the caller: the target is independent.  Detaching the segment
+	 * detaches the message queue (the caller's relay loop ends) and ends the
+	 * redirection of our messages to it; run.shared is gone from here on.
+	 */
+	dsm_detach(seg);
+	run.shared = NULL;
 	remote_disconnect(run.fence);
+	clean_source(&run);
 	remote_disconnect(run.control);
 	migration_lock_release();
 }

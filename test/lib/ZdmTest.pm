@@ -226,18 +226,21 @@ sub finish_background_sql
 
 # --- Helpers of the cutover tests (01x) ------------------------------------
 
-push @EXPORT, qw(start_cutover finish_cutover fence_held_query);
+push @EXPORT, qw(start_cutover wait_for_cutover_output finish_cutover
+  fence_held_query);
 
-# start_cutover(target, arguments): start CALL zdm.cutover(arguments) in a
-# psql of its own on database app of the target (verbose errors, stop at
-# the first error) and return, without waiting for the cutover, a handle
-# for finish_cutover whose pid is the backend running the CALL (for
-# pg_cancel_backend and pg_terminate_backend).
+# start_cutover(target, arguments, setup): start CALL zdm.cutover(arguments)
+# in a psql of its own on database app of the target (verbose errors, stop
+# at the first error), after the SQL setup if given (e.g. SET zdm.*), and
+# return, without waiting for the cutover, a handle for finish_cutover
+# whose pid is the backend running the CALL (for pg_cancel_backend and
+# pg_terminate_backend).
 sub start_cutover
 {
-	my ($target, $arguments) = @_;
+	my ($target, $arguments, $setup) = @_;
 	my $call = {
-		stdin => "SELECT pg_backend_pid();\n"
+		stdin => ($setup ? "$setup;\n" : '')
+		  . "SELECT pg_backend_pid();\n"
 		  . "CALL zdm.cutover(" . ($arguments // '') . ");\n",
 		stdout => '',
 		stderr => '',
@@ -256,6 +259,17 @@ sub start_cutover
 	  or die "could not start CALL zdm.cutover: $call->{stderr}";
 	($call->{pid}) = $call->{stdout} =~ /^(\d+)\n/;
 	return $call;
+}
+
+# wait_for_cutover_output(handle, regex): wait until the NOTICEs (or the
+# error) of the CALL started by start_cutover match regex, as they arrive.
+# Returns false if the CALL ended first or the TAP timeout expired.
+sub wait_for_cutover_output
+{
+	my ($call, $regex) = @_;
+
+	return pump_until($call->{harness}, $call->{timer}, \$call->{stderr},
+		$regex);
 }
 
 # finish_cutover(handle): wait until the psql of start_cutover exits;
