@@ -29,18 +29,6 @@ BEGIN
   EXECUTE sql;
 END $$;
 
--- Wait until zdm.status() says ready (or 120 s pass); true when ready.
-CREATE FUNCTION wait_ready() RETURNS boolean
-LANGUAGE plpgsql AS $$
-BEGIN
-  FOR i IN 1 .. 1200 LOOP
-    IF (SELECT ok FROM zdm.status() WHERE component = 'overall') THEN
-      RETURN true;
-    END IF;
-    PERFORM pg_sleep(0.1);
-  END LOOP;
-  RETURN false;
-END $$;
 
 -- Wait until a query on this target returns true (or 120 s pass).
 CREATE FUNCTION wait_for(sql text) RETURNS boolean
@@ -57,6 +45,12 @@ BEGIN
   END LOOP;
   RETURN false;
 END $$;
+
+-- Wait until zdm.status() says ready (or 120 s pass); true when ready.
+CREATE FUNCTION wait_ready() RETURNS boolean
+LANGUAGE sql AS $$
+  SELECT wait_for($q$SELECT ok FROM zdm.status() WHERE component = 'overall'$q$)
+$$;
 
 -- The migration's objects on the source: publication, slots.
 CREATE FUNCTION source_objects() RETURNS text
