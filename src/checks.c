@@ -189,7 +189,7 @@ tables_present_here(RemoteResult *tables)
 	values[1] = text_array(names);
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT s.i::int4 - 1 "
+	if (zdm_spi_execute("SELECT s.i::int4 - 1 "
 							  "FROM unnest($1, $2) WITH ORDINALITY AS s(nsp, rel, i) "
 							  "WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class c "
 							  "  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
@@ -239,7 +239,7 @@ compare_columns(RemoteResult *columns, NameList *missing, NameList *retyped)
 		values[i] = i == 4 ? int4_array(lists[i]) : text_array(lists[i]);
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT s.nsp, s.rel, s.col, s.display, "
+	if (zdm_spi_execute("SELECT s.nsp, s.rel, s.col, s.display, "
 							  "       a.attname IS NULL, "
 							  "       pg_catalog.format_type(a.atttypid, a.atttypmod) "
 							  "FROM unnest($1, $2, $3, $4, $5, $6) "
@@ -299,7 +299,7 @@ tables_with_rows(List *tables, NameList *filled)
 						 quote_literal_cstr(name), name);
 	}
 	SPI_connect();
-	if (SPI_execute(sql.data, true, 0) != SPI_OK_SELECT)
+	if (zdm_spi_execute(sql.data, 0, NULL, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look for rows in the target tables");
 	for (i = 0; i < SPI_processed; i++)
 		namelist_add(filled, SPI_getvalue(SPI_tuptable->vals[i],
@@ -320,13 +320,13 @@ static void
 target_worker_slots(int *free_logical, int *free_background)
 {
 	SPI_connect();
-	if (SPI_execute("SELECT count(*) FILTER (WHERE backend_type = 'logical replication worker'), "
+	if (zdm_spi_execute("SELECT count(*) FILTER (WHERE backend_type = 'logical replication worker'), "
 					"       count(*) FILTER (WHERE backend_type NOT IN ("
 					"         'client backend', 'checkpointer', 'background writer', "
 					"         'walwriter', 'autovacuum launcher', 'autovacuum worker', "
 					"         'archiver', 'startup', 'walreceiver', 'walsender', "
 					"         'standalone backend', 'logger')) "
-					"FROM pg_catalog.pg_stat_activity", true, 1) != SPI_OK_SELECT)
+					"FROM pg_catalog.pg_stat_activity", 0, NULL, NULL, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not count the workers of the target");
 	*free_logical = setting_int("max_logical_replication_workers") -
 		atoi(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));

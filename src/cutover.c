@@ -118,12 +118,12 @@ check_preconditions(void)
 				 errdetail("The cutover completed at %s, final source position %s.",
 						   state.completed_at, state.final_lsn),
 				 errhint("The target is independent; point the application at it.")));
-	if (SPI_execute("SELECT 1 FROM pg_catalog.pg_subscription s "
+	if (zdm_spi_execute("SELECT 1 FROM pg_catalog.pg_subscription s "
 					"JOIN pg_catalog.pg_subscription_rel r ON r.srsubid = s.oid "
 					"WHERE s.subname = '" ZDM_SUBSCRIPTION "' "
 					"  AND s.subdbid = (SELECT oid FROM pg_catalog.pg_database "
 					"                   WHERE datname = pg_catalog.current_database()) "
-					"  AND r.srsubstate <> 'r'", true, 1) != SPI_OK_SELECT)
+					"  AND r.srsubstate <> 'r'", 0, NULL, NULL, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the subscription's tables");
 	if (SPI_processed > 0)
 		ereport(ERROR,

@@ -9,7 +9,8 @@
  * a statement that fails (log_min_error_statement = error by default), and
  * that text holds the password.  So every password seen here is remembered
  * for the life of the backend, and an emit_log_hook hides the STATEMENT line
- * of any message whose statement or text contains one.
+ * of any message whose statement or text contains one, or whose statement
+ * calls zdm with something that looks like a password.
  *
  *-------------------------------------------------------------------------
  */
@@ -71,9 +72,29 @@ contains_secret(const char *text)
  * The statement line is hidden; a message part that would quote the password
  * (none of ours does, but libpq or the server might) is replaced.
  */
+/*
+ * Could this statement carry a connection string with a password?  A call of
+ * ours whose text holds a password keyword or a URI with credentials.  This
+ * catches what fails before our code ever saw the DSN (a permission error).
+ */
+static bool
+statement_may_hold_password(const char *text)
+{
+	const char *uri;
+
+	if (text == NULL || strstr(text, "zdm") == NULL)
+		return false;
+	if (strcasestr(text, "password") != NULL)
+		return true;
+	uri = strstr(text, "://");
+	return uri != NULL && strchr(uri, '@') != NULL;
+}
+
 static void
 zdm_emit_log_hook(ErrorData *edata)
 {
+	if (statement_may_hold_password(debug_query_string))
+		edata->hide_stmt = true;
 	if (known_secrets != NIL)
 	{
 		if (contains_secret(debug_query_string) ||

@@ -112,15 +112,18 @@ terminate_blockers(PGconn *control, int fence_pid)
 }
 
 /*
- * fence_acquire: open the fence session and take the fence.  Returns the
- * connection, in an open transaction holding the locks, once they are
- * granted.  While it waits, still_wanted(arg) is called on every wakeup and
- * throws when the cutover must stop (timeout, cancel).  *ntables receives
- * how many tables are fenced.
+ * fence_acquire: open the fence session and take the fence.  *fence is set
+ * as soon as the session exists, so that a failure while the LOCK still
+ * waits can end it with fence_release (closing the connection would not: a
+ * backend waiting for a lock does not notice its client is gone, and its
+ * queued request would keep blocking writers).  Returns once the locks are
+ * granted, the session in an open transaction holding them.  While it waits,
+ * still_wanted(arg) is called on every wakeup and throws when the cutover
+ * must stop (timeout, cancel).  *ntables receives how many tables are fenced.
  */
-PGconn *
-fence_acquire(const char *dsn, PGconn *control, int *ntables,
-			  void (*still_wanted) (void *arg), void *arg)
+void
+fence_acquire(const char *dsn, PGconn *control, PGconn **fence_out,
+			  int *ntables, void (*still_wanted) (void *arg), void *arg)
 {
 	List	   *tables = published_tables(control);
 	TimestampTz started = GetCurrentTimestamp();
@@ -137,6 +140,7 @@ fence_acquire(const char *dsn, PGconn *control, int *ntables,
 
 	fence = remote_connect(dsn, "to fence writes");
 	remote_keep_across_abort(fence);
+	*fence_out = fence;
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
@@ -177,7 +181,6 @@ fence_acquire(const char *dsn, PGconn *control, int *ntables,
 				(errmsg("terminated %d source sessions whose open write transactions blocked the fence",
 						terminated),
 				 errdetail("They were open longer than zdm.lock_grace_period; their transactions were rolled back and never acknowledged.")));
-	return fence;
 }
 
 /*

@@ -84,6 +84,9 @@ typedef struct MigrationState
 	char	   *completed_at;	/* NULL until cut over */
 } MigrationState;
 
+extern int	zdm_spi_execute(const char *sql, int nargs, Oid *types,
+							Datum *values, const char *nulls,
+							bool read_only, long count);
 extern bool state_load(MigrationState *state);
 extern void state_insert(const char *conninfo, const char *slot_name,
 						 bool ignore_missing, bool defer_copy);
@@ -124,8 +127,9 @@ extern bool source_drop_slots(PGconn *conn, const char *slot_name, Oid subid,
 extern bool source_drop_publication(PGconn *conn, int timeout_ms);
 
 /* fence.c */
-extern PGconn *fence_acquire(const char *dsn, PGconn *control, int *ntables,
-							 void (*still_wanted) (void *arg), void *arg);
+extern void fence_acquire(const char *dsn, PGconn *control, PGconn **fence_out,
+						  int *ntables, void (*still_wanted) (void *arg),
+						  void *arg);
 extern void fence_make_permanent(PGconn *fence, PGconn *control);
 extern void fence_ping(PGconn *fence);
 extern void fence_commit(PGconn *fence);

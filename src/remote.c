@@ -188,6 +188,19 @@ wait_on_socket(PGconn *conn, int io_event, TimestampTz deadline,
 }
 
 /*
+ * What the source says besides results (NOTICEs of our DDL, the message of
+ * a session it ends) goes to this server's log at DEBUG1 rather than to
+ * libpq's default, stderr.
+ */
+static void
+log_source_notice(void *arg, const PGresult *res)
+{
+	ereport(DEBUG1,
+			(errmsg_internal("source server: %s",
+							 pchomp(PQresultErrorMessage(res)))));
+}
+
+/*
  * Start a connection and drive PQconnectPoll to the end.  Returns the
  * connection (status OK or BAD: the caller looks) or NULL when no file
  * descriptor or memory is left; *timed_out says the deadline passed.
@@ -215,6 +228,7 @@ connect_loop(const char *dsn, TimestampTz deadline, bool interruptible,
 		return NULL;
 	}
 	register_connection(conn);
+	PQsetNoticeReceiver(conn, log_source_notice, NULL);
 
 	while (PQstatus(conn) != CONNECTION_BAD &&
 		   status != PGRES_POLLING_OK && status != PGRES_POLLING_FAILED)
@@ -258,7 +272,9 @@ try_connect(const char *dsn, int timeout_s, bool interruptible,
 	if (timeout_s > 0)
 		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 											   timeout_s * 1000);
-	if (remote_deadline != 0 && (deadline == 0 || remote_deadline < deadline))
+	/* the caller's deadline bounds a connection, except a cleanup's own */
+	if (interruptible && remote_deadline != 0 &&
+		(deadline == 0 || remote_deadline < deadline))
 		deadline = remote_deadline;
 
 	conn = connect_loop(dsn, deadline, interruptible, &timed_out);

@@ -147,7 +147,7 @@ sequences_sync(PGconn *source, int64 buffer, int *unmatched)
 		values[col] = array_of(res, col, col == 2 ? INT8OID : TEXTOID);
 	values[6] = Int64GetDatum(buffer);
 
-	if (SPI_execute_with_args(target_setval_sql, 7, types, values, NULL,
+	if (zdm_spi_execute(target_setval_sql, 7, types, values, NULL,
 							  false, 0) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not set the sequences");
 	set = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],

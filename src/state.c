@@ -22,12 +22,77 @@
 #include "nodes/execnodes.h"
 #include "storage/lock.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/syscache.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "nodes/makefuncs.h"
+#include "access/htup_details.h"
 
 #include "pg_zdm.h"
 
 /* Advisory lock key of the migration lock: ('zdm', 1) in this database. */
 #define ZDM_LOCK_KEY1	0x7A646D
 #define ZDM_LOCK_KEY2	1
+
+/*
+ * zdm_spi_execute: SPI_execute_with_args with search_path = pg_catalog,
+ * pg_temp for the duration of the statement, so that no function or
+ * operator a user created elsewhere can stand in for a catalog one in our
+ * queries.  Procedures cannot pin search_path with a SET clause (it would
+ * forbid their commits), so every statement pins it for itself.
+ */
+int
+zdm_spi_execute(const char *sql, int nargs, Oid *types, Datum *values,
+				const char *nulls, bool read_only, long count)
+{
+	int			level = NewGUCNestLevel();
+	int			rc;
+
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+							 true, 0, false);
+	rc = SPI_execute_with_args(sql, nargs, types, values, nulls, read_only,
+							   count);
+	AtEOXact_GUC(true, level);
+	return rc;
+}
+
+/*
+ * Run fn(arg) as the owner of zdm.migration, as a SECURITY DEFINER function
+ * would: zdm.status() may be granted to a monitoring role that must not read
+ * the table (it holds the source password) but needs what it says.
+ */
+static void
+as_state_owner(void (*fn) (void *arg), void *arg)
+{
+	Oid			relid = RangeVarGetRelid(makeRangeVar("zdm", "migration", -1),
+										 NoLock, false);
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+	Oid			save_userid;
+	int			save_sec_context;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(owner, save_sec_context |
+						   SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	PG_TRY();
+	{
+		fn(arg);
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+	}
+	PG_END_TRY();
+}
 
 static char *
 spi_text(HeapTuple tuple, TupleDesc desc, int col)
@@ -44,27 +109,30 @@ spi_bool(HeapTuple tuple, TupleDesc desc, int col)
 	return !isnull && DatumGetBool(d);
 }
 
-/*
- * state_load: read the migration row into *state (palloc'd in the caller's
- * context).  Returns false when there is no migration.
- */
-bool
-state_load(MigrationState *state)
+typedef struct StateRead
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	bool		found = false;
+	MigrationState *state;
+	MemoryContext cxt;
+	bool		found;
+} StateRead;
+
+static void
+read_state(void *arg)
+{
+	StateRead  *read = (StateRead *) arg;
+	MigrationState *state = read->state;
 
 	SPI_connect();
-	if (SPI_execute("SELECT source_conninfo, source_display, publication_name, "
-					"slot_name, subscription_name, ignore_missing, defer_copy, "
-					"phase, final_lsn, completed_at "
-					"FROM zdm.migration", true, 1) != SPI_OK_SELECT)
+	if (zdm_spi_execute("SELECT source_conninfo, source_display, publication_name, "
+						"slot_name, subscription_name, ignore_missing, defer_copy, "
+						"phase, final_lsn, completed_at "
+						"FROM zdm.migration", 0, NULL, NULL, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read zdm.migration");
 	if (SPI_processed == 1)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[0];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
-		MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+		MemoryContext oldcxt = MemoryContextSwitchTo(read->cxt);
 
 		state->source_conninfo = spi_text(tup, desc, 1);
 		state->source_display = spi_text(tup, desc, 2);
@@ -77,10 +145,25 @@ state_load(MigrationState *state)
 		state->final_lsn = spi_text(tup, desc, 9);
 		state->completed_at = spi_text(tup, desc, 10);
 		MemoryContextSwitchTo(oldcxt);
-		found = true;
+		read->found = true;
 	}
 	SPI_finish();
-	return found;
+}
+
+/*
+ * state_load: read the migration row into *state (palloc'd in the caller's
+ * context), as the table's owner.  Returns false when there is no migration.
+ */
+bool
+state_load(MigrationState *state)
+{
+	StateRead	read;
+
+	read.state = state;
+	read.cxt = CurrentMemoryContext;
+	read.found = false;
+	as_state_owner(read_state, &read);
+	return read.found;
 }
 
 static void
@@ -90,7 +173,7 @@ spi_exec_params(const char *sql, int nargs, Oid *types, Datum *values,
 	int			rc;
 
 	SPI_connect();
-	rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
+	rc = zdm_spi_execute(sql, nargs, types, values, nulls, false, 0);
 	if (rc != expected)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(rc));
 	SPI_finish();

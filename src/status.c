@@ -139,7 +139,7 @@ target_rows(StatusRows *rows, const char *source_lsn, bool *ready)
 	nulls[0] = source_lsn ? ' ' : 'n';
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT s.subenabled, st.pid IS NOT NULL, "
+	if (zdm_spi_execute("SELECT s.subenabled, st.pid IS NOT NULL, "
 							  "  pg_catalog.pg_wal_lsn_diff($1::pg_catalog.pg_lsn, st.latest_end_lsn)::bigint, "
 							  "  st.latest_end_time, "
 							  "  (SELECT count(*) FROM pg_catalog.pg_subscription_rel r WHERE r.srsubid = s.oid), "
@@ -192,9 +192,9 @@ target_rows(StatusRows *rows, const char *source_lsn, bool *ready)
 	errors = DatumGetInt64(SPI_getbinval(tup, desc, 7, &isnull));
 	put_row(rows, "target", "apply_errors",
 			errors == 0 ? "none" :
-			psprintf("%lld apply or copy errors so far; the server log has their messages",
+			psprintf("%lld apply or copy errors since the statistics were reset; the server log has their messages (pg_stat_reset_subscription_stats resets the count)",
 					 (long long) errors),
-			errors, errors == 0 || running);
+			errors, errors == 0);
 
 	total = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
 	ready_count = DatumGetInt64(SPI_getbinval(tup, desc, 6, &isnull));
@@ -294,7 +294,7 @@ zdm_tables(PG_FUNCTION_ARGS)
 	rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 
 	SPI_connect();
-	if (SPI_execute("SELECT n.nspname, c.relname, "
+	if (zdm_spi_execute("SELECT n.nspname, c.relname, "
 					"  CASE r.srsubstate WHEN 'i' THEN 'init' WHEN 'd' THEN 'copying' "
 					"    WHEN 'f' THEN 'copying' WHEN 's' THEN 'synchronized' "
 					"    WHEN 'r' THEN 'ready' ELSE r.srsubstate::text END, "
@@ -310,7 +310,7 @@ zdm_tables(PG_FUNCTION_ARGS)
 					"WHERE s.subname = '" ZDM_SUBSCRIPTION "' "
 					"  AND s.subdbid = (SELECT oid FROM pg_catalog.pg_database "
 					"                   WHERE datname = pg_catalog.current_database()) "
-					"ORDER BY 1, 2", true, 0) != SPI_OK_SELECT)
+					"ORDER BY 1, 2", 0, NULL, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the subscription's tables");
 
 	for (i = 0; i < SPI_processed; i++)

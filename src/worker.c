@@ -227,7 +227,7 @@ poll_progress(CutoverRun *run, const char *lsn)
 	StartTransactionCommand();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	if (SPI_execute_with_args("SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_subscription_rel r "
+	if (zdm_spi_execute("SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_subscription_rel r "
 							  "    WHERE r.srsubid = s.oid AND r.srsubstate <> 'r'), "
 							  "  s.subenabled AND st.pid IS NOT NULL, "
 							  "  coalesce(st.latest_end_lsn >= $1::pg_catalog.pg_lsn, false), "
@@ -568,8 +568,8 @@ cutover_steps(CutoverRun *run)
 
 	come_close(run);
 	run->fence_started = GetCurrentTimestamp();
-	run->fence = fence_acquire(dsn, run->control, &ntables,
-							   still_wanted_while_fencing, run);
+	fence_acquire(dsn, run->control, &run->fence, &ntables,
+				  still_wanted_while_fencing, run);
 	ereport(NOTICE,
 			(errmsg("writes blocked on the source: %d tables fenced in %.1f ms",
 					ntables,
@@ -606,6 +606,8 @@ release_fence_on_failure(int code, Datum arg)
 {
 	CutoverRun *run = (CutoverRun *) DatumGetPointer(arg);
 
+	/* the cutover's deadline may be what failed: cleanup has its own */
+	remote_set_deadline(0);
 	if (!run->shared->past_no_return)
 	{
 		fence_release(run->fence, run->control, run->state.source_conninfo);
@@ -678,7 +680,12 @@ zdm_cutover_worker_main(Datum main_arg)
 	in_transaction(load_migration, &run);
 	run.deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 											   run.shared->timeout_ms);
-	remote_set_deadline(run.deadline);
+	/*
+	 * A source that stops answering ends the cutover too, a moment after the
+	 * deadline: check_still_wanted reports the timeout itself when the source
+	 * is merely slow.
+	 */
+	remote_set_deadline(TimestampTzPlusMilliseconds(run.deadline, 1000));
 
 	PG_TRY();
 	{
