@@ -7,7 +7,8 @@
  * The files split by responsibility: dsn.c (connection strings and keeping
  * the password out of every message), remote.c (interruptible libpq),
  * state.c (the migration row and the event log), checks.c, init.c,
- * status.c, abort.c, subscription.c (the local subscription), cutover.c
+ * status.c, abort.c, subscription.c (the local subscription), source.c
+ * (removing the migration's objects from the source), cutover.c
  * (the caller side of zdm.cutover), worker.c (the background worker that
  * runs it), fence.c (blocking writes on the source) and sequences.c.
  *
@@ -57,7 +58,7 @@ extern RemoteResult *remote_query(PGconn *conn, const char *sql,
 								  int nparams, const char *const *params,
 								  const char *step);
 extern void remote_command(PGconn *conn, const char *sql, const char *step);
-extern bool remote_send(PGconn *conn, const char *sql, const char *step);
+extern void remote_send(PGconn *conn, const char *sql, const char *step);
 extern RemoteResult *remote_receive(PGconn *conn, const char *step);
 extern bool remote_result_ready(PGconn *conn, const char *step);
 extern bool remote_command_quietly(PGconn *conn, const char *sql,
@@ -119,7 +120,6 @@ extern void subscription_create(const char *conninfo, const char *slot_name,
 								bool copy_data);
 extern Oid	subscription_oid(void);
 extern bool subscription_drop(void);
-extern void subscription_set_enabled(bool enabled);
 
 /* source.c */
 extern bool source_drop_slots(PGconn *conn, const char *slot_name, Oid subid,

@@ -416,15 +416,14 @@ raise_timeout(const char *step)
 }
 
 /*
- * remote_send: start a query without waiting for it.  Returns true; throws
- * when the query cannot be sent.
+ * remote_send: start a query without waiting for it; throws when the query
+ * cannot be sent.  remote_receive collects its result.
  */
-bool
+void
 remote_send(PGconn *conn, const char *sql, const char *step)
 {
 	if (!PQsendQuery(conn, sql))
 		report_remote_error(conn, NULL, step);
-	return true;
 }
 
 /*

@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * subscription.c
- *		  The subscription zdm_sub on the target: create, enable, drop.
+ *		  The subscription zdm_sub on the target: create and drop.
  *
  * The subscription is created by calling CreateSubscription directly rather
  * than through SPI: the statement text would hold the source password, and
@@ -57,21 +57,6 @@ Oid
 subscription_oid(void)
 {
 	return get_subscription_oid(ZDM_SUBSCRIPTION, true);
-}
-
-/*
- * subscription_set_enabled: ALTER SUBSCRIPTION zdm_sub ENABLE / DISABLE.
- * Disabling is asynchronous: the apply worker exits after the commit.
- */
-void
-subscription_set_enabled(bool enabled)
-{
-	SPI_connect();
-	if (SPI_execute(enabled ? "ALTER SUBSCRIPTION " ZDM_SUBSCRIPTION " ENABLE" :
-					"ALTER SUBSCRIPTION " ZDM_SUBSCRIPTION " DISABLE",
-					false, 0) != SPI_OK_UTILITY)
-		elog(ERROR, "could not alter subscription " ZDM_SUBSCRIPTION);
-	SPI_finish();
 }
 
 /*
