@@ -420,27 +420,7 @@ sub new_migration
 sub start_cutover_with
 {
 	my ($target, $settings, $arguments) = @_;
-	my $call = {
-		stdin => ($settings // '') . "\n"
-		  . "SELECT pg_backend_pid();\n"
-		  . "CALL zdm.cutover(" . ($arguments // '') . ");\n",
-		stdout => '',
-		stderr => '',
-		timer => IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default),
-	};
-
-	$call->{harness} = IPC::Run::start(
-		[
-			$target->installed_command('psql'), '-XAtq',
-			'-v', 'VERBOSITY=verbose', '-v', 'ON_ERROR_STOP=1',
-			'-d', $target->connstr('app')
-		],
-		'<', \$call->{stdin}, '>', \$call->{stdout}, '2>', \$call->{stderr},
-		$call->{timer});
-	pump_until($call->{harness}, $call->{timer}, \$call->{stdout}, qr/^\d+\n/)
-	  or die "could not start CALL zdm.cutover: $call->{stderr}";
-	($call->{pid}) = $call->{stdout} =~ /^(\d+)\n/;
-	return $call;
+	return start_cutover($target, $arguments, $settings);
 }
 
 # postmaster_pid(node): the pid of the node's postmaster.
