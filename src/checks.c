@@ -374,6 +374,16 @@ run_checks(PGconn *conn, bool ignore_missing, bool defer_copy,
 	List	   *present_here = NIL;
 
 	*published = NIL;
+
+	/* the other checks' queries need a release pg_zdm supports */
+	if (PQserverVersion(conn) < MIN_SOURCE_VERSION_NUM)
+		return add_check(NIL, "server_version", false, true,
+						 ERRCODE_FEATURE_NOT_SUPPORTED,
+						 psprintf("The source runs PostgreSQL %s; pg_zdm needs 10 or later.",
+								  PQparameterStatus(conn, "server_version") ?
+								  PQparameterStatus(conn, "server_version") : "(unknown)"),
+						 pstrdup("Upgrade the source to PostgreSQL 10 or later first, or migrate with pg_dump."));
+
 	snprintf(long_secs, sizeof(long_secs), "%d", LONG_TRANSACTION_SECONDS);
 	params[0] = slot_name;
 	params[1] = long_secs;

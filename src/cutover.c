@@ -91,8 +91,9 @@ sequence_buffer_argument(FunctionCallInfo fcinfo)
 	if (buffer < 0 || buffer > MAX_SEQUENCE_BUFFER)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("sequence_buffer must be between 0 and " INT64_FORMAT, MAX_SEQUENCE_BUFFER),
-				 errdetail("The value given is " INT64_FORMAT ".", buffer),
+				 errmsg("sequence_buffer must be between 0 and %lld",
+						(long long) MAX_SEQUENCE_BUFFER),
+				 errdetail("The value given is %lld.", (long long) buffer),
 				 errhint("The buffer is how many values each sequence on the target is moved past the source's; the default is 5000.")));
 	return buffer;
 }
@@ -170,6 +171,15 @@ stop_worker(int code, Datum arg)
 		ResetLatch(MyLatch);
 	}
 	RESUME_INTERRUPTS();
+
+	/* too late to give up: say so, the error that follows would mislead */
+	if (call->shared->succeeded || call->shared->past_no_return)
+		ereport(WARNING,
+				(errmsg("the cutover %s although this call ends with an error",
+						call->shared->succeeded ? "completed" : "had passed its point of no return"),
+				 errdetail("The source is read-only for good; the worker %s the target.",
+						   call->shared->succeeded ? "detached" : "is detaching"),
+				 errhint("See SELECT * FROM zdm.status(); if it is not complete, CALL zdm.cutover() again finishes it.")));
 }
 
 /*
@@ -234,6 +244,11 @@ zdm_cutover(PG_FUNCTION_ARGS)
 	shm_mq_handle *mqh;
 	pid_t		pid;
 
+	/*
+	 * A caller inside a transaction block could hold locks that stall the
+	 * apply worker, and so keep writes fenced until the timeout.
+	 */
+	require_nonatomic(fcinfo, "zdm.cutover");
 	check_preconditions();
 
 	call.seg = dsm_create(MAXALIGN(sizeof(CutoverShared)) + CUTOVER_QUEUE_SIZE, 0);

@@ -68,11 +68,6 @@ contains_secret(const char *text)
 }
 
 /*
- * emit_log_hook: never let a remembered password reach the client or the log.
- * The statement line is hidden; a message part that would quote the password
- * (none of ours does, but libpq or the server might) is replaced.
- */
-/*
  * Could this statement carry a connection string with a password?  A call of
  * ours whose text holds a password keyword or a URI with credentials.  This
  * catches what fails before our code ever saw the DSN (a permission error).
@@ -82,7 +77,7 @@ statement_may_hold_password(const char *text)
 {
 	const char *uri;
 
-	if (text == NULL || strstr(text, "zdm") == NULL)
+	if (text == NULL || strcasestr(text, "zdm") == NULL)
 		return false;
 	if (strcasestr(text, "password") != NULL)
 		return true;
@@ -90,11 +85,22 @@ statement_may_hold_password(const char *text)
 	return uri != NULL && strchr(uri, '@') != NULL;
 }
 
+/*
+ * emit_log_hook: never let a password reach the client or the log.  The
+ * statement line of a call that may hold one is hidden, a logged statement
+ * text replaced, and a message part that would quote a remembered password
+ * (none of ours does, but libpq or the server might) withheld.
+ */
 static void
 zdm_emit_log_hook(ErrorData *edata)
 {
 	if (statement_may_hold_password(debug_query_string))
 		edata->hide_stmt = true;
+	/* log_statement logs the text itself, before any of our code runs */
+	if (statement_may_hold_password(edata->message) &&
+		(strncmp(edata->message, "statement: ", 11) == 0 ||
+		 strncmp(edata->message, "duration: ", 10) == 0))
+		edata->message = pstrdup("statement: (a call of pg_zdm withheld: it holds a password)");
 	if (known_secrets != NIL)
 	{
 		if (contains_secret(debug_query_string) ||
@@ -109,6 +115,8 @@ zdm_emit_log_hook(ErrorData *edata)
 			edata->detail = pstrdup("Detail withheld: it quoted the source password.");
 		if (contains_secret(edata->context))
 			edata->context = NULL;
+		if (contains_secret(edata->hint))
+			edata->hint = NULL;
 	}
 	if (prev_emit_log_hook)
 		prev_emit_log_hook(edata);

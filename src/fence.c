@@ -21,12 +21,17 @@
  * fires first, picks the application's transaction: it was never
  * acknowledged, and the fence goes on.
  *
- * Because the fence is a transaction on a connection, every failure ends it:
- * an ERROR, a killed worker, a restarted target close the connection and the
- * source rolls the transaction back.  If the target goes silent instead, the
- * session's idle_in_transaction_session_timeout (zdm.fence_idle_timeout)
- * ends it.  The worker pings the fence while it waits so that the timeout
- * only fires when the target is really gone.
+ * Because the fence is a transaction on a connection, failures end it: on an
+ * ERROR the worker terminates the fence session (fence_release); a killed
+ * worker or a restarted target closes the connection and the source rolls
+ * the transaction back.  A backend still waiting for the LOCK does not read
+ * its socket, so the fence session also has lock_timeout (the cutover's
+ * remaining time) and client_connection_check_interval.  If the target goes
+ * silent once the fence holds, the session's
+ * idle_in_transaction_session_timeout (zdm.fence_idle_timeout) ends it; the
+ * worker pings the fence while it waits so that the timeout only fires when
+ * the target is really gone.  One wait has no bound on the source side: a
+ * COMMIT of the fence waiting for a synchronous standby.
  *
  * In the same transaction the fence creates what keeps the source read-only
  * after success: schema zdm_fence with a statement trigger on every published
@@ -52,14 +57,18 @@
 /* How often the fence looks for sessions to terminate once the grace ends. */
 #define TERMINATE_INTERVAL_MS	100
 
+/* How long the fence commit and the look at its outcome may take. */
+#define COMMIT_TIMEOUT_MS	30000
+
 /* fence_make_permanent's statements are still running in the fence session */
 static bool permanent_pending = false;
 
 /*
- * The published tables, quoted and qualified, from the source's catalog.
+ * fence_published_tables: the tables of the publication, quoted and
+ * qualified, from the source's catalog, in name order.
  */
-static List *
-published_tables(PGconn *control)
+List *
+fence_published_tables(PGconn *control)
 {
 	RemoteResult *res;
 	List	   *tables = NIL;
@@ -123,9 +132,10 @@ terminate_blockers(PGconn *control, int fence_pid)
  */
 void
 fence_acquire(const char *dsn, PGconn *control, PGconn **fence_out,
-			  int *ntables, void (*still_wanted) (void *arg), void *arg)
+			  int *ntables, int lock_timeout_ms,
+			  void (*still_wanted) (void *arg), void *arg)
 {
-	List	   *tables = published_tables(control);
+	List	   *tables = fence_published_tables(control);
 	TimestampTz started = GetCurrentTimestamp();
 	TimestampTz next_terminate;
 	StringInfoData sql;
@@ -145,11 +155,12 @@ fence_acquire(const char *dsn, PGconn *control, PGconn **fence_out,
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "SET idle_in_transaction_session_timeout = %d; "
-					 "SET statement_timeout = 0; SET lock_timeout = 0; "
+					 "SET statement_timeout = 0; SET lock_timeout = %d; "
+					 "SET client_connection_check_interval = '1s'; "
 					 "SET synchronous_commit = on; "
 					 "SELECT set_config('deadlock_timeout', '1h', false) "
 					 "FROM pg_roles WHERE rolname = current_user AND rolsuper",
-					 zdm_fence_idle_timeout_ms);
+					 zdm_fence_idle_timeout_ms, Max(lock_timeout_ms, 1));
 	remote_command(fence, sql.data, "setting up the fence session");
 
 	resetStringInfo(&sql);
@@ -191,7 +202,7 @@ fence_acquire(const char *dsn, PGconn *control, PGconn **fence_out,
 void
 fence_make_permanent(PGconn *fence, PGconn *control)
 {
-	List	   *tables = published_tables(control);
+	List	   *tables = fence_published_tables(control);
 	StringInfoData sql;
 	ListCell   *lc;
 
@@ -235,49 +246,112 @@ fence_ping(PGconn *fence)
 }
 
 /*
- * fence_commit: the point of no return.  Drop the publication and commit:
- * the read-only triggers become permanent and the locks go.  Throws if the
- * commit cannot be confirmed; the caller then asks the source whether the
- * fence schema exists to know what happened.
+ * fence_finish_permanent: wait for fence_make_permanent's statements; throws
+ * their error.  Still before the point of no return.
  */
 void
-fence_commit(PGconn *fence)
+fence_finish_permanent(PGconn *fence)
 {
 	if (permanent_pending)
 	{
 		(void) remote_receive(fence, "making the source read-only");
 		permanent_pending = false;
 	}
-	remote_command(fence, "DROP PUBLICATION " ZDM_PUBLICATION "; COMMIT",
-				   "committing the fence");
+}
+
+/*
+ * fence_commit: the point of no return.  Drop the publication and commit:
+ * the read-only triggers become permanent and the locks go.  Never throws:
+ * returns false when the commit could not be confirmed (fence_outcome then
+ * says what happened).
+ */
+bool
+fence_commit(PGconn *fence)
+{
+	return remote_command_quietly(fence,
+								  "DROP PUBLICATION " ZDM_PUBLICATION "; COMMIT",
+								  0, NULL, COMMIT_TIMEOUT_MS);
+}
+
+/*
+ * fence_outcome: after a fence commit that could not be confirmed, end the
+ * fence session for certain and then ask the source whether the commit
+ * happened (schema zdm_fence exists).  Asking before the session is gone
+ * could miss a commit still in progress.  Never throws.
+ */
+FenceOutcome
+fence_outcome(const char *dsn, int fence_pid)
+{
+	char		pid[16];
+	const char *params[1] = {pid};
+	char	   *reason;
+	PGconn	   *conn;
+	RemoteResult *res = NULL;
+	int			attempt;
+
+	snprintf(pid, sizeof(pid), "%d", fence_pid);
+	conn = remote_connect_quietly(dsn, COMMIT_TIMEOUT_MS, &reason);
+	if (conn == NULL)
+		return FENCE_UNKNOWN;
+	for (attempt = 0; attempt < 100; attempt++)
+	{
+		res = remote_query_quietly(conn,
+								   "SELECT count(pg_terminate_backend(pid, 1000)) "
+								   "FROM pg_stat_activity WHERE pid = $1::int",
+								   1, params, COMMIT_TIMEOUT_MS);
+		if (res == NULL || strcmp(remote_value(res, 0, 0), "0") == 0)
+			break;
+	}
+	if (res != NULL)
+		res = remote_query_quietly(conn,
+								   "SELECT EXISTS (SELECT 1 FROM pg_namespace "
+								   "WHERE nspname = '" ZDM_FENCE_SCHEMA "')",
+								   0, NULL, COMMIT_TIMEOUT_MS);
+	remote_disconnect(conn);
+	if (res == NULL)
+		return FENCE_UNKNOWN;
+	return strcmp(remote_value(res, 0, 0), "t") == 0 ?
+		FENCE_COMMITTED : FENCE_ROLLED_BACK;
 }
 
 /*
  * fence_release: end the fence without a trace, and be sure it is gone
  * before returning: the fence session is terminated through the control
- * connection (a LOCK still waiting in it would otherwise keep writers
- * queued), then closed.  Never throws.
+ * connection, or a new one (a LOCK still waiting in it would otherwise keep
+ * writers queued).  Never throws; returns whether the termination was
+ * confirmed, and warns when it was not.
  */
-void
+bool
 fence_release(PGconn *fence, PGconn *control, const char *dsn)
 {
+	static const char *terminate_sql =
+		"SELECT pg_terminate_backend(pid, 5000) "
+		"FROM pg_stat_activity WHERE pid = $1::int";
 	char		pid[16];
 	const char *params[1] = {pid};
-	PGconn	   *helper = NULL;
+	PGconn	   *helper;
 	char	   *reason;
+	bool		released = false;
 
 	if (fence == NULL)
-		return;
+		return true;
 	permanent_pending = false;
 	snprintf(pid, sizeof(pid), "%d", PQbackendPID(fence));
-	if (control == NULL || PQstatus(control) != CONNECTION_OK ||
-		PQisBusy(control))
-		control = helper = remote_connect_quietly(dsn, 5000, &reason);
 	remote_disconnect(fence);
-	if (control != NULL)
-		(void) remote_command_quietly(control,
-									  "SELECT pg_terminate_backend(pid, 5000) "
-									  "FROM pg_stat_activity WHERE pid = $1::int",
-									  1, params, 6000);
+	if (control != NULL && PQstatus(control) == CONNECTION_OK &&
+		!PQisBusy(control) &&
+		remote_command_quietly(control, terminate_sql, 1, params, 6000))
+		return true;
+	/* the control connection is busy or broken: a new one */
+	helper = remote_connect_quietly(dsn, 5000, &reason);
+	if (helper != NULL &&
+		remote_command_quietly(helper, terminate_sql, 1, params, 6000))
+		released = true;
 	remote_disconnect(helper);
+	if (!released)
+		ereport(WARNING,
+				(errmsg("could not make sure the fence session on the source has ended"),
+				 errdetail("Its lock_timeout or zdm.fence_idle_timeout ends it on the source."),
+				 errhint("On the source, SELECT pg_terminate_backend(%s) ends it now.", pid)));
+	return released;
 }

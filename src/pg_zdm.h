@@ -49,10 +49,10 @@ typedef struct RemoteResult
 } RemoteResult;
 
 extern PGconn *remote_connect(const char *dsn, const char *purpose);
-extern PGconn *remote_try_connect(const char *dsn, char **errmsg);
+extern PGconn *remote_try_connect(const char *dsn, char **reason);
 extern void remote_keep_across_abort(PGconn *conn);
 extern PGconn *remote_connect_quietly(const char *dsn, int timeout_ms,
-									  char **errmsg);
+									  char **reason);
 extern void remote_disconnect(PGconn *conn);
 extern RemoteResult *remote_query(PGconn *conn, const char *sql,
 								  int nparams, const char *const *params,
@@ -98,6 +98,7 @@ extern void state_delete(void);
 extern void event_log(const char *event, const char *fmt,...) pg_attribute_printf(2, 3);
 extern bool migration_lock_try(void);
 extern void migration_lock_release(void);
+extern bool migration_lock_held_elsewhere(void);
 extern void require_nonatomic(FunctionCallInfo fcinfo, const char *procname);
 extern char *target_slot_name(void);
 
@@ -127,13 +128,23 @@ extern bool source_drop_slots(PGconn *conn, const char *slot_name, Oid subid,
 extern bool source_drop_publication(PGconn *conn, int timeout_ms);
 
 /* fence.c */
+typedef enum FenceOutcome
+{
+	FENCE_COMMITTED,
+	FENCE_ROLLED_BACK,
+	FENCE_UNKNOWN
+} FenceOutcome;
+
 extern void fence_acquire(const char *dsn, PGconn *control, PGconn **fence_out,
-						  int *ntables, void (*still_wanted) (void *arg),
-						  void *arg);
+						  int *ntables, int lock_timeout_ms,
+						  void (*still_wanted) (void *arg), void *arg);
 extern void fence_make_permanent(PGconn *fence, PGconn *control);
 extern void fence_ping(PGconn *fence);
-extern void fence_commit(PGconn *fence);
-extern void fence_release(PGconn *fence, PGconn *control, const char *dsn);
+extern void fence_finish_permanent(PGconn *fence);
+extern bool fence_commit(PGconn *fence);
+extern FenceOutcome fence_outcome(const char *dsn, int fence_pid);
+extern bool fence_release(PGconn *fence, PGconn *control, const char *dsn);
+extern List *fence_published_tables(PGconn *control);
 
 /* sequences.c */
 extern int	sequences_sync(PGconn *source, int64 buffer, int *unmatched);

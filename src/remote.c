@@ -372,39 +372,67 @@ remote_connect_quietly(const char *dsn, int timeout_ms, char **reason)
 	return conn;
 }
 
+/* A failed remote step's error, copied out of its PGresult. */
+typedef struct RemoteError
+{
+	int			code;
+	char	   *primary;		/* NULL: no result, the connection broke */
+	char	   *detail;
+	char	   *hint;
+} RemoteError;
+
 /*
- * Raise the error of a failed remote step.  Clears res.  The remote SQLSTATE
- * and message are kept; the step is named in the context.
+ * Copy the error of res (NULL: none) and clear res.
+ */
+static RemoteError *
+capture_error(PGresult *res)
+{
+	RemoteError *err = palloc0(sizeof(RemoteError));
+	char	   *sqlstate = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	char	   *field;
+
+	err->code = ERRCODE_CONNECTION_FAILURE;
+	if (sqlstate && strlen(sqlstate) == 5)
+		err->code = MAKE_SQLSTATE(sqlstate[0], sqlstate[1], sqlstate[2],
+								  sqlstate[3], sqlstate[4]);
+	if (res && (field = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY)) != NULL)
+		err->primary = pstrdup(field);
+	if (res && (field = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL)) != NULL)
+		err->detail = pstrdup(field);
+	if (res && (field = PQresultErrorField(res, PG_DIAG_MESSAGE_HINT)) != NULL)
+		err->hint = pstrdup(field);
+	PQclear(res);
+	return err;
+}
+
+/*
+ * Raise the error of a failed remote step, keeping the source's SQLSTATE and
+ * message; the step is named in the context.
  */
 static void
-report_remote_error(PGconn *conn, PGresult *res, const char *step)
+raise_remote_error(PGconn *conn, RemoteError *err, const char *step)
 {
-	char	   *sqlstate = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-	char	   *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
-	char	   *detail = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL) : NULL;
-	char	   *hint = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_HINT) : NULL;
-	int			code = ERRCODE_CONNECTION_FAILURE;
-
-	if (sqlstate && strlen(sqlstate) == 5)
-		code = MAKE_SQLSTATE(sqlstate[0], sqlstate[1], sqlstate[2],
-							 sqlstate[3], sqlstate[4]);
-	primary = primary ? pstrdup(primary) : NULL;
-	detail = detail ? pstrdup(detail) : NULL;
-	hint = hint ? pstrdup(hint) : NULL;
-	PQclear(res);
-
-	if (primary == NULL)
+	if (err->primary == NULL)
 		ereport(ERROR,
-				(errcode(code),
+				(errcode(err->code),
 				 errmsg("lost the connection to the source server during %s", step),
 				 errdetail_internal("%s", pchomp(PQerrorMessage(conn))),
 				 errhint("Check that the source server is up and reachable, then run the command again.")));
 	ereport(ERROR,
-			(errcode(code),
-			 errmsg_internal("%s", primary),
-			 detail ? errdetail_internal("%s", detail) : 0,
-			 hint ? errhint("%s", hint) : 0,
+			(errcode(err->code),
+			 errmsg_internal("%s", err->primary),
+			 err->detail ? errdetail_internal("%s", err->detail) : 0,
+			 err->hint ? errhint("%s", err->hint) : 0,
 			 errcontext("source server, during %s", step)));
+}
+
+/*
+ * Raise the error of res (NULL: the connection broke); clears res first.
+ */
+static void
+report_remote_error(PGconn *conn, PGresult *res, const char *step)
+{
+	raise_remote_error(conn, capture_error(res), step);
 }
 
 static void
@@ -412,7 +440,9 @@ raise_timeout(const char *step)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_QUERY_CANCELED),
-			 errmsg("timed out waiting for the source server during %s", step)));
+			 errmsg("timed out waiting for the source server during %s", step),
+			 errdetail("The source did not answer before the deadline of the command."),
+			 errhint("Check that the source server is up and not overloaded, then run the command again.")));
 }
 
 /*
@@ -465,7 +495,7 @@ copy_result(PGresult *res)
 RemoteResult *
 remote_receive(PGconn *conn, const char *step)
 {
-	PGresult   *failed = NULL;
+	RemoteError *failed = NULL;
 	RemoteResult *last = NULL;
 
 	for (;;)
@@ -477,10 +507,7 @@ remote_receive(PGconn *conn, const char *step)
 			if (!wait_on_socket(conn, WL_SOCKET_READABLE, remote_deadline, true))
 				raise_timeout(step);
 			if (!PQconsumeInput(conn))
-			{
-				PQclear(failed);
 				report_remote_error(conn, NULL, step);
-			}
 		}
 		res = PQgetResult(conn);
 		if (res == NULL)
@@ -492,12 +519,12 @@ remote_receive(PGconn *conn, const char *step)
 			PQclear(res);
 		}
 		else if (failed == NULL)
-			failed = res;
+			failed = capture_error(res);
 		else
 			PQclear(res);
 	}
 	if (failed != NULL)
-		report_remote_error(conn, failed, step);
+		raise_remote_error(conn, failed, step);
 	if (last == NULL)
 		report_remote_error(conn, NULL, step);
 	return last;

@@ -28,13 +28,18 @@
 
 /*
  * Every used sequence of the source with the table column that owns it, if
- * any.  Driven by pg_sequence with lookups by OID only, so that the plan does
+ * any.  pg_sequence_last_value raises an error in PostgreSQL 15 for a
+ * sequence the role may not read, so those (and other sessions' temporary
+ * ones) are skipped, as the pg_sequences view does.  Driven by pg_sequence with lookups by OID only, so that the plan does
  * not depend on catalog statistics (see target_setval_sql).
  */
 static const char *source_sequences_sql =
 "SELECT (SELECT nspname FROM pg_namespace WHERE oid = c.relnamespace), "
 "       c.relname, v.last, o.tnsp, o.tbl, o.col "
-"FROM (SELECT seqrelid, pg_sequence_last_value(seqrelid) AS last FROM pg_sequence) v "
+"FROM (SELECT seqrelid, CASE WHEN has_sequence_privilege(seqrelid, 'SELECT,USAGE') "
+"        AND NOT pg_is_other_temp_schema((SELECT relnamespace FROM pg_class "
+"                                         WHERE oid = seqrelid)) "
+"      THEN pg_sequence_last_value(seqrelid) END AS last FROM pg_sequence) v "
 "CROSS JOIN LATERAL (SELECT relname, relnamespace FROM pg_class "
 "                    WHERE oid = v.seqrelid) c "
 "LEFT JOIN LATERAL (SELECT tn.nspname AS tnsp, tc.relname AS tbl, a.attname AS col "

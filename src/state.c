@@ -311,6 +311,34 @@ migration_lock_try(void)
 	return LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL;
 }
 
+/*
+ * migration_lock_held_elsewhere: does another process hold the migration
+ * lock (a cutover worker, an init, an abort)?  Does not take it.
+ */
+bool
+migration_lock_held_elsewhere(void)
+{
+	LOCKTAG		tag;
+	LockData   *data = GetLockStatusData();
+	bool		held = false;
+	int			i;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, ZDM_LOCK_KEY1, ZDM_LOCK_KEY2, 2);
+	for (i = 0; i < data->nelements; i++)
+	{
+		LockInstanceData *lock = &data->locks[i];
+
+		if (lock->locktag.locktag_type == tag.locktag_type &&
+			lock->locktag.locktag_field1 == tag.locktag_field1 &&
+			lock->locktag.locktag_field2 == tag.locktag_field2 &&
+			lock->locktag.locktag_field3 == tag.locktag_field3 &&
+			lock->locktag.locktag_field4 == tag.locktag_field4 &&
+			lock->holdMask != 0 && lock->pid != MyProcPid)
+			held = true;
+	}
+	return held;
+}
+
 void
 migration_lock_release(void)
 {

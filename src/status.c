@@ -99,6 +99,16 @@ source_rows(StatusRows *rows, const MigrationState *state, bool *slot_ok,
 				-1, false);
 		return current_lsn;
 	}
+	/* an invalidated slot has no restart_lsn and wal_status 'lost' */
+	if (remote_value(res, 0, 3) == NULL || remote_value(res, 0, 4) == NULL)
+	{
+		put_row(rows, "source", "slot_lag",
+				psprintf("slot %s has lost the WAL the target still needs (wal_status %s)",
+						 state->slot_name,
+						 remote_value(res, 0, 2) ? remote_value(res, 0, 2) : "unknown"),
+				-1, false);
+		return current_lsn;
+	}
 	*slot_lag = strtoi64(remote_value(res, 0, 3), NULL, 10);
 	*slot_ok = strcmp(remote_value(res, 0, 1), "t") == 0;
 	put_row(rows, "source", "slot_lag",
@@ -108,8 +118,9 @@ source_rows(StatusRows *rows, const MigrationState *state, bool *slot_ok,
 	put_row(rows, "source", "retained_wal",
 			psprintf("%s of WAL kept for the slot (%s)",
 					 pretty_bytes(strtoi64(remote_value(res, 0, 4), NULL, 10)),
-					 remote_value(res, 0, 2)),
+					 remote_value(res, 0, 2) ? remote_value(res, 0, 2) : "unknown"),
 			strtoi64(remote_value(res, 0, 4), NULL, 10),
+			remote_value(res, 0, 2) != NULL &&
 			strcmp(remote_value(res, 0, 2), "lost") != 0);
 	return current_lsn;
 }
@@ -213,16 +224,13 @@ target_rows(StatusRows *rows, const char *source_lsn, bool *ready)
 
 /*
  * Is a cutover running right now?  The worker holds the migration lock.
+ * Looked up in the lock table rather than by taking the lock, which would
+ * make a concurrent init, cutover or abort fail.
  */
 static bool
 cutover_running(void)
 {
-	if (migration_lock_try())
-	{
-		migration_lock_release();
-		return false;
-	}
-	return true;
+	return migration_lock_held_elsewhere();
 }
 
 /*

@@ -46,7 +46,6 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
-#include "utils/pg_lsn.h"
 #include "utils/snapmgr.h"
 #include "utils/wait_event.h"
 
@@ -132,11 +131,12 @@ check_still_wanted(CutoverRun *run, const char *waiting_for)
 		ereport(ERROR,
 				(errcode(ERRCODE_QUERY_CANCELED),
 				 errmsg("cutover cancelled while %s", waiting_for),
-				 errdetail("The session that called zdm.cutover() was cancelled or terminated.")));
+				 errdetail("The session that called zdm.cutover() was cancelled or terminated. A write fence on the source is released before this error is returned; replication goes on.")));
 	if (GetCurrentTimestamp() >= run->deadline)
 		ereport(ERROR,
 				(errcode(ERRCODE_QUERY_CANCELED),
 				 errmsg("cutover timed out while %s", waiting_for),
+				 errdetail("A write fence on the source is released before this error is returned; replication goes on."),
 				 errhint("Look at SELECT * FROM zdm.status(); retry with a longer timeout once the target keeps up.")));
 }
 
@@ -145,7 +145,7 @@ static void
 still_wanted_while_fencing(void *arg)
 {
 	check_still_wanted((CutoverRun *) arg,
-					   "taking the fence (writes were blocked; they are unblocked again)");
+					   "taking the fence");
 }
 
 /*
@@ -313,7 +313,7 @@ come_close(CutoverRun *run)
 		const char *params[1] = {run->state.slot_name};
 
 		MemoryContextReset(loopcxt);
-		check_still_wanted(run, "waiting for the target to come close before fencing (the source was not locked)");
+		check_still_wanted(run, "waiting for the target to come close before fencing");
 		res = remote_query(run->control,
 						   "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint "
 						   "FROM pg_replication_slots WHERE slot_name = $1",
@@ -352,7 +352,7 @@ wait_for_catchup(CutoverRun *run)
 		Progress	p;
 
 		MemoryContextReset(loopcxt);
-		check_still_wanted(run, "waiting for the target to catch up (writes were blocked; they are unblocked again)");
+		check_still_wanted(run, "waiting for the target to catch up");
 		p = poll_progress(run, run->final_lsn);
 		if (p.all_ready && (p.flushed || (p.applied && p.running)))
 		{
@@ -495,32 +495,28 @@ mark_streaming(CutoverRun *run)
 }
 
 /*
- * Commit the fence: the point of no return.  If the commit's outcome is
- * unknown (the connection broke during COMMIT), the source is asked whether
- * the fence schema exists.
+ * Commit the fence: the point of no return.  If the commit cannot be
+ * confirmed (the connection broke, the source is slow), fence_outcome ends
+ * the fence session and then looks whether the commit happened.
  */
 static void
 commit_fence(CutoverRun *run)
 {
-	bool		committed;
+	int			fence_pid = PQbackendPID(run->fence);
+	FenceOutcome outcome;
+
+	fence_finish_permanent(run->fence);
 
 	SpinLockAcquire(&run->shared->mutex);
 	run->shared->past_no_return = true;
 	SpinLockRelease(&run->shared->mutex);
 
-	PG_TRY();
-	{
-		fence_commit(run->fence);
-		committed = true;
-	}
-	PG_CATCH();
-	{
-		committed = false;
-		FlushErrorState();
-	}
-	PG_END_TRY();
-
-	if (!committed && !source_has_fence_schema(run))
+	if (fence_commit(run->fence))
+		return;
+	outcome = fence_outcome(run->state.source_conninfo, fence_pid);
+	if (outcome == FENCE_COMMITTED)
+		return;
+	if (outcome == FENCE_ROLLED_BACK)
 	{
 		SpinLockAcquire(&run->shared->mutex);
 		run->shared->past_no_return = false;
@@ -531,6 +527,89 @@ commit_fence(CutoverRun *run)
 				 errdetail("The source session holding the fence was lost (terminated, restarted, or idle longer than zdm.fence_idle_timeout); writes resumed there."),
 				 errhint("Run CALL zdm.cutover() again.")));
 	}
+	ereport(ERROR,
+			(errcode(ERRCODE_CONNECTION_FAILURE),
+			 errmsg("could not learn whether the fence on the source was committed"),
+			 errdetail("The source did not confirm the commit and could not be asked afterwards."),
+			 errhint("Run CALL zdm.cutover() again once the source answers: it looks at the source and either finishes the detach or starts over.")));
+}
+
+/*
+ * Refuse when the publication and the subscription disagree about the
+ * tables: a table published but not subscribed (created after init, with
+ * FOR ALL TABLES) would have its changes dropped by the apply worker, and a
+ * table subscribed but no longer published would be neither fenced nor
+ * caught up.
+ */
+static void
+check_same_tables(CutoverRun *run, const char *when)
+{
+	List	   *published = fence_published_tables(run->control);
+	List	   *subscribed = NIL;
+	ListCell   *lc;
+	uint64		i;
+	StringInfoData diff;
+	Oid			types[1] = {OIDOID};
+	Datum		values[1];
+	MemoryContext callercxt = CurrentMemoryContext;
+
+	values[0] = ObjectIdGetDatum(run->subid);
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (zdm_spi_execute("SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' "
+						"  OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname) "
+						"FROM pg_catalog.pg_subscription_rel r "
+						"JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.srrelid "
+						"JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
+						"WHERE r.srsubid OPERATOR(pg_catalog.=) $1",
+						1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the subscription's tables");
+	for (i = 0; i < SPI_processed; i++)
+		subscribed = lappend(subscribed,
+							 MemoryContextStrdup(callercxt,
+												 SPI_getvalue(SPI_tuptable->vals[i],
+															  SPI_tuptable->tupdesc, 1)));
+	PopActiveSnapshot();
+	SPI_finish();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(callercxt);
+
+	initStringInfo(&diff);
+	foreach(lc, published)
+	{
+		if (!list_member(subscribed, lfirst(lc)))
+			appendStringInfo(&diff, "%s%s (published, not subscribed)",
+							 diff.len > 0 ? ", " : "", (char *) lfirst(lc));
+	}
+	foreach(lc, subscribed)
+	{
+		if (!list_member(published, lfirst(lc)))
+			appendStringInfo(&diff, "%s%s (subscribed, no longer published)",
+							 diff.len > 0 ? ", " : "", (char *) lfirst(lc));
+	}
+	if (diff.len > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the publication and the subscription do not cover the same tables %s", when),
+				 errdetail("Tables: %s.", diff.data),
+				 errhint("Run ALTER SUBSCRIPTION %s REFRESH PUBLICATION on this target (outside a transaction block), wait until zdm.status() is ready, and cut over again.",
+						 ZDM_SUBSCRIPTION)));
+}
+
+/*
+ * The final position of a cutover whose local record of it was lost: any
+ * position after the fence committed will do, the source is read-only.
+ */
+static void
+set_final_lsn_from_source(CutoverRun *run)
+{
+	RemoteResult *res = remote_query(run->control,
+									 "SELECT pg_current_wal_lsn()::text",
+									 0, NULL, "reading the source's position");
+
+	run->final_lsn = pstrdup(remote_value(res, 0, 0));
 }
 
 /*
@@ -549,27 +628,37 @@ cutover_steps(CutoverRun *run)
 				   "SET synchronous_commit = on; SET statement_timeout = 0",
 				   "setting up the control session");
 
-	if (strcmp(run->state.phase, "detaching") == 0)
+	/*
+	 * The source, not the local phase, says whether an earlier cutover got
+	 * past its point of no return: the local record may be older.
+	 */
+	if (source_has_fence_schema(run))
 	{
-		if (source_has_fence_schema(run))
-		{
-			ereport(NOTICE,
-					(errmsg("finishing the detach of an interrupted cutover"),
-					 errdetail("The source was made read-only for good before the interruption.")));
+		ereport(NOTICE,
+				(errmsg("finishing the detach of an interrupted cutover"),
+				 errdetail("The source was made read-only for good before the interruption.")));
+		if (run->state.final_lsn)
 			run->final_lsn = run->state.final_lsn;
-			detach_target(run);
-			return;
-		}
-		in_transaction(mark_streaming, run);
+		else
+			set_final_lsn_from_source(run);
+		detach_target(run);
+		return;
 	}
+	if (strcmp(run->state.phase, "streaming") != 0)
+		in_transaction(mark_streaming, run);
 
 	check_subscription_ready(run);
+	check_same_tables(run, "(the source was not locked)");
 	in_transaction(mark_cutover_started, run);
 
 	come_close(run);
 	run->fence_started = GetCurrentTimestamp();
 	fence_acquire(dsn, run->control, &run->fence, &ntables,
+				  (int) Min(TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+															run->deadline) + 1000,
+							INT_MAX),
 				  still_wanted_while_fencing, run);
+	check_same_tables(run, "(writes were blocked; the fence is released)");
 	ereport(NOTICE,
 			(errmsg("writes blocked on the source: %d tables fenced in %.1f ms",
 					ntables,
@@ -669,6 +758,8 @@ zdm_cutover_worker_main(Datum main_arg)
 	zdm_poll_interval_ms = run.shared->poll_interval_ms;
 	/* JIT-compiling the catalog lookups of the sequence step costs ~1 s */
 	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	/* our state must be durable before the source is made read-only */
+	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
 	pgstat_report_appname("pg_zdm cutover");
 
 	if (!migration_lock_try())
