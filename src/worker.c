@@ -534,6 +534,19 @@ commit_fence(CutoverRun *run)
 			 errhint("Run CALL zdm.cutover() again once the source answers: it looks at the source and either finishes the detach or starts over.")));
 }
 
+static bool
+contains_name(List *names, const char *name)
+{
+	ListCell   *lc;
+
+	foreach(lc, names)
+	{
+		if (strcmp((char *) lfirst(lc), name) == 0)
+			return true;
+	}
+	return false;
+}
+
 /*
  * Refuse when the publication and the subscription disagree about the
  * tables: a table published but not subscribed (created after init, with
@@ -579,13 +592,13 @@ check_same_tables(CutoverRun *run, const char *when)
 	initStringInfo(&diff);
 	foreach(lc, published)
 	{
-		if (!list_member(subscribed, lfirst(lc)))
+		if (!contains_name(subscribed, lfirst(lc)))
 			appendStringInfo(&diff, "%s%s (published, not subscribed)",
 							 diff.len > 0 ? ", " : "", (char *) lfirst(lc));
 	}
 	foreach(lc, subscribed)
 	{
-		if (!list_member(published, lfirst(lc)))
+		if (!contains_name(published, lfirst(lc)))
 			appendStringInfo(&diff, "%s%s (subscribed, no longer published)",
 							 diff.len > 0 ? ", " : "", (char *) lfirst(lc));
 	}
