@@ -4,8 +4,10 @@
  *		  CALL zdm.abort(): undo zdm.init.
  *
  * The subscription is dropped here first, with slot_name = NONE so that the
- * drop never depends on the source, and committed: only then does the
- * walsender on the source let go of the slot.  Then slot, table
+ * drop does not fail when the source is unreachable (PostgreSQL still tries
+ * to drop the table-sync slots of tables being copied, and gives up
+ * quietly), and committed: only then does the walsender on the source let
+ * go of the slot.  Then slot, table
  * synchronization slots and publication go on the source.  An unreachable
  * source does not stop abort: it says what it left there.
  *

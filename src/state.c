@@ -8,7 +8,8 @@
  * The state lives in tables rather than shared memory because it must
  * survive a restart of the target: after a crash nothing of ours runs until
  * a DBA calls zdm.status(), which reads it.  All access goes through SPI;
- * callers are inside a transaction and connected to SPI.
+ * callers are inside a transaction, and each function connects to SPI
+ * itself.
  *
  *-------------------------------------------------------------------------
  */
