@@ -121,6 +121,8 @@ extern void subscription_create(const char *conninfo, const char *slot_name,
 								bool copy_data);
 extern Oid	subscription_oid(void);
 extern bool subscription_drop(void);
+extern char *subscription_table_mismatch(Oid subid, List *published,
+										 MemoryContext cxt);
 
 /* source.c */
 extern bool source_drop_slots(PGconn *conn, const char *slot_name, Oid subid,

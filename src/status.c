@@ -61,12 +61,13 @@ pretty_bytes(int64 bytes)
 }
 
 /*
- * The source's view: its current WAL position and what the slot holds.
- * Returns the source's current LSN (NULL when unknown).
+ * The source's view: its current WAL position and what the slot holds, and
+ * the published tables into *published.  Returns the source's current LSN
+ * (NULL when unknown).
  */
 static char *
 source_rows(StatusRows *rows, const MigrationState *state, bool *slot_ok,
-			int64 *slot_lag)
+			int64 *slot_lag, List **published)
 {
 	const char *params[1] = {state->slot_name};
 	char	   *reason = NULL;
@@ -76,12 +77,14 @@ source_rows(StatusRows *rows, const MigrationState *state, bool *slot_ok,
 
 	*slot_ok = false;
 	*slot_lag = -1;
+	*published = NIL;
 	conn = remote_try_connect(state->source_conninfo, &reason);
 	put_row(rows, "source", "connection",
 			conn ? state->source_display : reason, -1, conn != NULL);
 	if (conn == NULL)
 		return NULL;
 
+	*published = fence_published_tables(conn);
 	res = remote_query(conn,
 						   "SELECT pg_current_wal_lsn(), s.active, s.wal_status, "
 						   "  pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint, "
@@ -245,6 +248,7 @@ zdm_status(PG_FUNCTION_ARGS)
 	int64		slot_lag;
 	bool		ready;
 	char	   *source_lsn;
+	List	   *published;
 
 	InitMaterializedSRF(fcinfo, 0);
 	rows.rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
@@ -278,8 +282,21 @@ zdm_status(PG_FUNCTION_ARGS)
 				"cutover interrupted (the target restarted or the worker died); the source unlocked itself: run CALL zdm.cutover() again",
 				-1, false);
 
-	source_lsn = source_rows(&rows, &state, &slot_ok, &slot_lag);
+	source_lsn = source_rows(&rows, &state, &slot_ok, &slot_lag, &published);
 	target_rows(&rows, source_lsn, &ready);
+	if (source_lsn != NULL)
+	{
+		char	   *mismatch = subscription_table_mismatch(subscription_oid(),
+														   published,
+														   CurrentMemoryContext);
+
+		put_row(&rows, "copy", "tables_match",
+				mismatch ? psprintf("publication and subscription differ: %s; run ALTER SUBSCRIPTION %s REFRESH PUBLICATION",
+									mismatch, ZDM_SUBSCRIPTION) :
+				"the subscription covers every published table",
+				-1, mismatch == NULL);
+		ready = ready && mismatch == NULL;
+	}
 
 	ready = ready && slot_ok && strcmp(state.phase, "streaming") == 0;
 	put_row(&rows, "overall", "ready_for_cutover",

@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * subscription.c
- *		  The subscription zdm_sub on the target: create and drop.
+ *		  The subscription zdm_sub on the target: create, drop, and compare
+ *		  its tables with the publication's.
  *
  * The subscription is created by calling CreateSubscription directly rather
  * than through SPI: the statement text would hold the source password, and
@@ -16,7 +17,9 @@
 #include "access/xact.h"
 #include "catalog/pg_subscription.h"
 #include "commands/subscriptioncmds.h"
+#include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "parser/parse_node.h"
@@ -77,4 +80,69 @@ subscription_drop(void)
 		elog(ERROR, "could not drop subscription " ZDM_SUBSCRIPTION);
 	SPI_finish();
 	return true;
+}
+
+static bool
+contains_name(List *names, const char *name)
+{
+	ListCell   *lc;
+
+	foreach(lc, names)
+	{
+		if (strcmp((char *) lfirst(lc), name) == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * subscription_table_mismatch: compare the tables of subscription subid with
+ * published (quoted qualified names from the source's pg_publication_tables).
+ * A table published but not subscribed (created after init, with FOR ALL
+ * TABLES) has its changes dropped by the apply worker; a table subscribed but
+ * no longer published is neither replicated nor fenced.  Returns NULL when
+ * they match, else the differing tables as text, in cxt.  Must run in a
+ * transaction.
+ */
+char *
+subscription_table_mismatch(Oid subid, List *published, MemoryContext cxt)
+{
+	List	   *subscribed = NIL;
+	ListCell   *lc;
+	uint64		i;
+	StringInfoData diff;
+	Oid			types[1] = {OIDOID};
+	Datum		values[1];
+
+	values[0] = ObjectIdGetDatum(subid);
+	SPI_connect();
+	if (zdm_spi_execute("SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' "
+						"  OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname) "
+						"FROM pg_catalog.pg_subscription_rel r "
+						"JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.srrelid "
+						"JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
+						"WHERE r.srsubid OPERATOR(pg_catalog.=) $1",
+						1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the subscription's tables");
+	for (i = 0; i < SPI_processed; i++)
+		subscribed = lappend(subscribed,
+							 MemoryContextStrdup(cxt,
+												 SPI_getvalue(SPI_tuptable->vals[i],
+															  SPI_tuptable->tupdesc, 1)));
+	SPI_finish();
+
+	initStringInfo(&diff);
+	foreach(lc, published)
+	{
+		if (!contains_name(subscribed, lfirst(lc)))
+			appendStringInfo(&diff, "%s%s (published, not subscribed)",
+							 diff.len > 0 ? ", " : "", (char *) lfirst(lc));
+	}
+	foreach(lc, subscribed)
+	{
+		if (!contains_name(published, lfirst(lc)))
+			appendStringInfo(&diff, "%s%s (subscribed, no longer published)",
+							 diff.len > 0 ? ", " : "", (char *) lfirst(lc));
+	}
+	return diff.len > 0 ? MemoryContextStrdup(cxt, diff.data) : NULL;
 }

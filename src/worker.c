@@ -534,79 +534,30 @@ commit_fence(CutoverRun *run)
 			 errhint("Run CALL zdm.cutover() again once the source answers: it looks at the source and either finishes the detach or starts over.")));
 }
 
-static bool
-contains_name(List *names, const char *name)
-{
-	ListCell   *lc;
-
-	foreach(lc, names)
-	{
-		if (strcmp((char *) lfirst(lc), name) == 0)
-			return true;
-	}
-	return false;
-}
-
 /*
  * Refuse when the publication and the subscription disagree about the
- * tables: a table published but not subscribed (created after init, with
- * FOR ALL TABLES) would have its changes dropped by the apply worker, and a
- * table subscribed but no longer published would be neither fenced nor
- * caught up.
+ * tables (see subscription_table_mismatch).
  */
 static void
 check_same_tables(CutoverRun *run, const char *when)
 {
 	List	   *published = fence_published_tables(run->control);
-	List	   *subscribed = NIL;
-	ListCell   *lc;
-	uint64		i;
-	StringInfoData diff;
-	Oid			types[1] = {OIDOID};
-	Datum		values[1];
 	MemoryContext callercxt = CurrentMemoryContext;
+	char	   *mismatch;
 
-	values[0] = ObjectIdGetDatum(run->subid);
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	if (zdm_spi_execute("SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' "
-						"  OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname) "
-						"FROM pg_catalog.pg_subscription_rel r "
-						"JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.srrelid "
-						"JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
-						"WHERE r.srsubid OPERATOR(pg_catalog.=) $1",
-						1, types, values, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the subscription's tables");
-	for (i = 0; i < SPI_processed; i++)
-		subscribed = lappend(subscribed,
-							 MemoryContextStrdup(callercxt,
-												 SPI_getvalue(SPI_tuptable->vals[i],
-															  SPI_tuptable->tupdesc, 1)));
+	mismatch = subscription_table_mismatch(run->subid, published, callercxt);
 	PopActiveSnapshot();
-	SPI_finish();
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(callercxt);
 
-	initStringInfo(&diff);
-	foreach(lc, published)
-	{
-		if (!contains_name(subscribed, lfirst(lc)))
-			appendStringInfo(&diff, "%s%s (published, not subscribed)",
-							 diff.len > 0 ? ", " : "", (char *) lfirst(lc));
-	}
-	foreach(lc, subscribed)
-	{
-		if (!contains_name(published, lfirst(lc)))
-			appendStringInfo(&diff, "%s%s (subscribed, no longer published)",
-							 diff.len > 0 ? ", " : "", (char *) lfirst(lc));
-	}
-	if (diff.len > 0)
+	if (mismatch != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the publication and the subscription do not cover the same tables %s", when),
-				 errdetail("Tables: %s.", diff.data),
+				 errdetail("Tables: %s.", mismatch),
 				 errhint("Run ALTER SUBSCRIPTION %s REFRESH PUBLICATION on this target (outside a transaction block), wait until zdm.status() is ready, and cut over again.",
 						 ZDM_SUBSCRIPTION)));
 }

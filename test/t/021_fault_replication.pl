@@ -209,6 +209,19 @@ WHERE backend_type = 'walsender' AND application_name = 'zdm_sub'};
 	wait_until_ready($target);
 	is($target->safe_psql('app', 'SELECT count(*) FROM r_drop'),
 		'1', "$label: the target keeps its copy of the table");
+
+	# The subscription still lists the dropped table: a cutover must refuse
+	# until the subscription is refreshed, without locking the source.
+	my ($r, $out, $err) =
+	  psql_verbose($target, 'app', "CALL zdm.cutover(timeout => '1 min')");
+	is(sqlstate_of($err), '55000', "$label: a cutover refuses (55000)");
+	like($err, qr/r_drop \(subscribed, no longer published\)/,
+		"$label: ... naming the table");
+	is( $source->safe_psql('app',
+			"SELECT count(*) FROM pg_namespace WHERE nspname = 'zdm_fence'"),
+		'0', "$label: ... and leaves the source writable");
+	$target->safe_psql('app', 'ALTER SUBSCRIPTION zdm_sub REFRESH PUBLICATION');
+	wait_until_ready($target);
 	$bench->end_fault($fault);
 }
 
