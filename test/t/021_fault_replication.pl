@@ -206,12 +206,19 @@ WHERE backend_type = 'walsender' AND application_name = 'zdm_sub'};
 	my ($ret, $stderr, $id) = $bench->source_write("$label: after");
 	ok($target->poll_query_until('app', "SELECT count(*) = 1 FROM t WHERE id = $id"),
 		"$label: replication goes on");
-	wait_until_ready($target);
 	is($target->safe_psql('app', 'SELECT count(*) FROM r_drop'),
 		'1', "$label: the target keeps its copy of the table");
 
-	# The subscription still lists the dropped table: a cutover must refuse
-	# until the subscription is refreshed, without locking the source.
+	# The subscription still lists the dropped table: zdm.status() says so
+	# and is not ready, and a cutover refuses until the subscription is
+	# refreshed, without locking the source.
+	like( $target->safe_psql('app',
+			"SELECT ok || ' ' || value FROM zdm.status() WHERE metric = 'tables_match'"),
+		qr/^f .*r_drop \(subscribed, no longer published\)/,
+		"$label: zdm.status() says the subscription still has the table");
+	is( $target->safe_psql('app',
+			"SELECT ok FROM zdm.status() WHERE component = 'overall'"),
+		'f', "$label: ... and is not ready for cutover");
 	my ($r, $out, $err) =
 	  psql_verbose($target, 'app', "CALL zdm.cutover(timeout => '1 min')");
 	is(sqlstate_of($err), '55000', "$label: a cutover refuses (55000)");
