@@ -214,7 +214,7 @@ WHERE backend_type = 'walsender' AND application_name = 'zdm_sub'};
 	# refreshed, without locking the source.
 	like( $target->safe_psql('app',
 			"SELECT ok || ' ' || value FROM zdm.status() WHERE metric = 'tables_match'"),
-		qr/^f .*r_drop \(subscribed, no longer published\)/,
+		qr/^false .*r_drop \(subscribed, no longer published\)/,
 		"$label: zdm.status() says the subscription still has the table");
 	is( $target->safe_psql('app',
 			"SELECT ok FROM zdm.status() WHERE component = 'overall'"),
