@@ -189,8 +189,9 @@ fence_acquire(const char *dsn, PGconn *control, PGconn **fence_out,
 
 	if (terminated > 0)
 		ereport(NOTICE,
-				(errmsg("terminated %d source sessions whose open write transactions blocked the fence",
-						terminated),
+				(errmsg_plural("terminated %d source session whose open write transaction blocked the fence",
+							   "terminated %d source sessions whose open write transactions blocked the fence",
+							   terminated, terminated),
 				 errdetail("They were open longer than zdm.lock_grace_period; their transactions were rolled back and never acknowledged.")));
 }
 

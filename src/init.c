@@ -168,11 +168,13 @@ init_cleanup(int code, Datum arg)
 	if (!slot_dropped || !publication_dropped)
 		ereport(WARNING,
 				(errmsg("zdm.init failed and could not remove everything it created on the source"),
-				 errdetail("Left on the source:%s%s%s%s",
-						   slot_dropped ? "" : " replication slot ",
-						   slot_dropped ? "" : progress->slot_name,
-						   publication_dropped ? "" : " publication ",
-						   publication_dropped ? "" : ZDM_PUBLICATION),
+				 !slot_dropped && !publication_dropped ?
+				 errdetail("Replication slot %s and publication %s are left on the source.",
+						   progress->slot_name, ZDM_PUBLICATION) :
+				 !slot_dropped ?
+				 errdetail("Replication slot %s is left on the source.",
+						   progress->slot_name) :
+				 errdetail("Publication %s is left on the source.", ZDM_PUBLICATION),
 				 errhint("On the source, run SELECT pg_drop_replication_slot('%s') and DROP PUBLICATION %s.",
 						 progress->slot_name, ZDM_PUBLICATION)));
 }
