@@ -74,7 +74,8 @@ zdm_abort(PG_FUNCTION_ARGS)
 {
 	MigrationState state;
 
-	require_nonatomic(fcinfo, "zdm.abort");
+	require_nonatomic(fcinfo, "zdm.abort",
+					  "It commits the drop of the subscription before the source can drop the slot.");
 	if (!migration_lock_try())
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_IN_USE),

@@ -248,7 +248,8 @@ zdm_cutover(PG_FUNCTION_ARGS)
 	 * A caller inside a transaction block could hold locks that stall the
 	 * apply worker, and so keep writes fenced until the timeout.
 	 */
-	require_nonatomic(fcinfo, "zdm.cutover");
+	require_nonatomic(fcinfo, "zdm.cutover",
+					  "A transaction block could hold locks that stall the apply worker while writes are fenced on the source.");
 	check_preconditions();
 
 	call.seg = dsm_create(MAXALIGN(sizeof(CutoverShared)) + CUTOVER_QUEUE_SIZE, 0);

@@ -307,7 +307,8 @@ zdm_init(PG_FUNCTION_ARGS)
 	List	   *published = NIL;
 	PGconn	   *conn;
 
-	require_nonatomic(fcinfo, "zdm.init");
+	require_nonatomic(fcinfo, "zdm.init",
+					  "It commits its work step by step, and must hold no transaction id while the source creates replication slots.");
 	if (!migration_lock_try())
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_IN_USE),

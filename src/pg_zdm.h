@@ -99,7 +99,8 @@ extern void event_log(const char *event, const char *fmt,...) pg_attribute_print
 extern bool migration_lock_try(void);
 extern void migration_lock_release(void);
 extern bool migration_lock_held_elsewhere(void);
-extern void require_nonatomic(FunctionCallInfo fcinfo, const char *procname);
+extern void require_nonatomic(FunctionCallInfo fcinfo, const char *procname,
+							  const char *why);
 extern char *target_slot_name(void);
 
 /* checks.c */

@@ -351,17 +351,19 @@ migration_lock_release(void)
 
 /*
  * require_nonatomic: refuse a procedure call that cannot commit (CALL inside
- * an explicit transaction block, or from a function).
+ * an explicit transaction block, or from a function); why is the detail, a
+ * full sentence.
  */
 void
-require_nonatomic(FunctionCallInfo fcinfo, const char *procname)
+require_nonatomic(FunctionCallInfo fcinfo, const char *procname,
+				  const char *why)
 {
 	if (!(fcinfo->context && IsA(fcinfo->context, CallContext) &&
 		  !castNode(CallContext, fcinfo->context)->atomic))
 		ereport(ERROR,
 				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
 				 errmsg("%s cannot run inside a transaction block", procname),
-				 errdetail("It commits its work step by step, and it must hold no transaction id while the source creates replication slots."),
+				 errdetail_internal("%s", why),
 				 errhint("Run CALL %s(...) on its own, outside BEGIN ... COMMIT and not from a function.", procname)));
 }
 
