@@ -248,6 +248,14 @@ sub wait_for_fence
 	is($source->safe_psql('app', $fence_held_sql), 't',
 		"$label: the first cutover still holds the fence");
 
+	# abort from another session during the cutover: refused, nothing changed
+	($ret, $stdout, $stderr) = psql_verbose($target, 'app', 'CALL zdm.abort()');
+	is(sqlstate_of($stderr), '55006', "$label: zdm.abort() during the cutover fails with 55006");
+	is($target->safe_psql('app', "SELECT count(*) FROM pg_subscription WHERE subname = 'zdm_sub'"),
+		'1', "$label: ... and leaves the subscription");
+	is($source->safe_psql('app', $fence_held_sql), 't',
+		"$label: ... and the first cutover's fence");
+
 	$target->safe_psql('app', "SELECT pg_cancel_backend($first->{pid})");
 	($ret, $stderr) = finish_cutover($first);
 	is(sqlstate_of($stderr), '57014', "$label: the first one ends when cancelled")
