@@ -99,6 +99,42 @@ sequence_buffer_argument(FunctionCallInfo fcinfo)
 }
 
 /*
+ * load_migration_to_cut_over: read the migration into *state, refusing when
+ * there is none or it is complete.  The caller of zdm.cutover and its worker
+ * both ask.
+ */
+void
+load_migration_to_cut_over(MigrationState *state)
+{
+	if (!state_load(state))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("there is no migration to cut over"),
+				 errhint("Start one with CALL zdm.init(source_dsn).")));
+	if (strcmp(state->phase, "completed") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the migration is already complete"),
+				 errdetail("The cutover completed at %s, final source position %s.",
+						   state->completed_at, state->final_lsn),
+				 errhint("The target is independent; point the application at it.")));
+}
+
+/*
+ * refuse_unfinished_copy: the error of a cutover asked for before every
+ * table is ready, raised by the caller and by the worker alike.
+ */
+void
+refuse_unfinished_copy(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("the initial copy has not finished"),
+			 errdetail("Some tables are not ready yet; the source was not locked."),
+			 errhint("Wait until SELECT * FROM zdm.status() shows every table ready (zdm.tables() lists them).")));
+}
+
+/*
  * Refuse early, with the source untouched, what the worker would refuse.
  */
 static void
@@ -107,18 +143,7 @@ check_preconditions(void)
 	MigrationState state;
 
 	SPI_connect();
-	if (!state_load(&state))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("there is no migration to cut over"),
-				 errhint("Start one with CALL zdm.init(source_dsn).")));
-	if (strcmp(state.phase, "completed") == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the migration is already complete"),
-				 errdetail("The cutover completed at %s, final source position %s.",
-						   state.completed_at, state.final_lsn),
-				 errhint("The target is independent; point the application at it.")));
+	load_migration_to_cut_over(&state);
 	if (zdm_spi_execute("SELECT 1 FROM pg_catalog.pg_subscription s "
 					"JOIN pg_catalog.pg_subscription_rel r ON r.srsubid = s.oid "
 					"WHERE s.subname = '" ZDM_SUBSCRIPTION "' "
@@ -127,11 +152,7 @@ check_preconditions(void)
 					"  AND r.srsubstate <> 'r'", 0, NULL, NULL, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the subscription's tables");
 	if (SPI_processed > 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the initial copy has not finished"),
-				 errdetail("Some tables are not ready yet; the source was not locked."),
-				 errhint("Wait until SELECT * FROM zdm.status() shows every table ready (zdm.tables() lists them).")));
+		refuse_unfinished_copy();
 	SPI_finish();
 
 	if (!migration_lock_try())

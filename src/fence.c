@@ -283,31 +283,27 @@ fence_commit(PGconn *fence)
 FenceOutcome
 fence_outcome(const char *dsn, int fence_pid)
 {
-	char		pid[16];
-	const char *params[1] = {pid};
 	char	   *reason;
 	PGconn	   *conn;
 	RemoteResult *res = NULL;
 	int			attempt;
 
-	snprintf(pid, sizeof(pid), "%d", fence_pid);
 	conn = remote_connect_quietly(dsn, COMMIT_TIMEOUT_MS, &reason);
 	if (conn == NULL)
 		return FENCE_UNKNOWN;
-	for (attempt = 0; attempt < 100; attempt++)
+	for (attempt = 0; attempt < 30; attempt++)
 	{
-		res = remote_query_quietly(conn,
-								   "SELECT count(pg_terminate_backend(pid, 1000)) "
-								   "FROM pg_stat_activity WHERE pid = $1::int",
-								   1, params, COMMIT_TIMEOUT_MS);
-		if (res == NULL || strcmp(remote_value(res, 0, 0), "0") == 0)
+		if (source_end_session(conn, fence_pid, 1000))
+		{
+			res = remote_query_quietly(conn,
+									   "SELECT EXISTS (SELECT 1 FROM pg_namespace "
+									   "WHERE nspname = '" ZDM_FENCE_SCHEMA "')",
+									   0, NULL, COMMIT_TIMEOUT_MS);
+			break;
+		}
+		if (PQstatus(conn) != CONNECTION_OK)
 			break;
 	}
-	if (res != NULL)
-		res = remote_query_quietly(conn,
-								   "SELECT EXISTS (SELECT 1 FROM pg_namespace "
-								   "WHERE nspname = '" ZDM_FENCE_SCHEMA "')",
-								   0, NULL, COMMIT_TIMEOUT_MS);
 	remote_disconnect(conn);
 	if (res == NULL)
 		return FENCE_UNKNOWN;
@@ -325,11 +321,7 @@ fence_outcome(const char *dsn, int fence_pid)
 bool
 fence_release(PGconn *fence, PGconn *control, const char *dsn)
 {
-	static const char *terminate_sql =
-		"SELECT pg_terminate_backend(pid, 5000) "
-		"FROM pg_stat_activity WHERE pid = $1::int";
-	char		pid[16];
-	const char *params[1] = {pid};
+	int			pid;
 	PGconn	   *helper;
 	char	   *reason;
 	bool		released = false;
@@ -337,22 +329,20 @@ fence_release(PGconn *fence, PGconn *control, const char *dsn)
 	if (fence == NULL)
 		return true;
 	permanent_pending = false;
-	snprintf(pid, sizeof(pid), "%d", PQbackendPID(fence));
+	pid = PQbackendPID(fence);
 	remote_disconnect(fence);
 	if (control != NULL && PQstatus(control) == CONNECTION_OK &&
-		!PQisBusy(control) &&
-		remote_command_quietly(control, terminate_sql, 1, params, 6000))
+		!PQisBusy(control) && source_end_session(control, pid, 5000))
 		return true;
 	/* the control connection is busy or broken: a new one */
 	helper = remote_connect_quietly(dsn, 5000, &reason);
-	if (helper != NULL &&
-		remote_command_quietly(helper, terminate_sql, 1, params, 6000))
-		released = true;
+	if (helper != NULL)
+		released = source_end_session(helper, pid, 5000);
 	remote_disconnect(helper);
 	if (!released)
 		ereport(WARNING,
 				(errmsg("could not make sure the fence session on the source has ended"),
 				 errdetail("Its lock_timeout or zdm.fence_idle_timeout ends it on the source."),
-				 errhint("On the source, SELECT pg_terminate_backend(%s) ends it now.", pid)));
+				 errhint("On the source, SELECT pg_terminate_backend(%d) ends it now.", pid)));
 	return released;
 }

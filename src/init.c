@@ -147,14 +147,7 @@ init_cleanup(int code, Datum arg)
 	{
 		if (progress->slot_requested)
 		{
-			char		pid[16];
-			const char *params[1] = {pid};
-
-			snprintf(pid, sizeof(pid), "%d", progress->remote_pid);
-			(void) remote_command_quietly(conn,
-										  "SELECT pg_terminate_backend(pid, 5000) "
-										  "FROM pg_stat_activity WHERE pid = $1::int",
-										  1, params, CLEANUP_TIMEOUT_MS);
+			(void) source_end_session(conn, progress->remote_pid, 5000);
 			slot_dropped = source_drop_slots(conn, progress->slot_name,
 											 InvalidOid, CLEANUP_TIMEOUT_MS);
 		}

@@ -129,6 +129,7 @@ extern char *subscription_table_mismatch(Oid subid, List *published,
 extern bool source_drop_slots(PGconn *conn, const char *slot_name, Oid subid,
 							  int timeout_ms);
 extern bool source_drop_publication(PGconn *conn, int timeout_ms);
+extern bool source_end_session(PGconn *conn, int pid, int wait_ms);
 
 /* fence.c */
 typedef enum FenceOutcome
@@ -174,6 +175,10 @@ typedef struct CutoverShared
 } CutoverShared;
 
 #define CUTOVER_QUEUE_SIZE	65536
+
+/* cutover.c: refusals shared by the caller and the worker */
+extern void load_migration_to_cut_over(MigrationState *state);
+extern void refuse_unfinished_copy(void) pg_attribute_noreturn();
 
 extern PGDLLEXPORT void zdm_cutover_worker_main(Datum main_arg);
 

@@ -2,7 +2,8 @@
  *
  * source.c
  *		  Removing the migration's objects from the source: the slot, the
- *		  table synchronization slots, the publication.
+ *		  table synchronization slots, the publication, and sessions of ours
+ *		  that must not outlive a failure.
  *
  * These run in cleanup paths (a failed init, abort, the end of a cutover),
  * so they never throw: each gives up after a bounded time and says whether
@@ -73,4 +74,25 @@ source_drop_publication(PGconn *conn, int timeout_ms)
 	return remote_command_quietly(conn,
 								  "DROP PUBLICATION IF EXISTS " ZDM_PUBLICATION,
 								  0, NULL, timeout_ms);
+}
+
+/*
+ * source_end_session: terminate source backend pid and wait up to wait_ms
+ * for it to exit.  Returns true once it is gone (or was never there).
+ */
+bool
+source_end_session(PGconn *conn, int pid, int wait_ms)
+{
+	char		pidtext[16];
+	char		waittext[16];
+	const char *params[2] = {pidtext, waittext};
+	RemoteResult *res;
+
+	snprintf(pidtext, sizeof(pidtext), "%d", pid);
+	snprintf(waittext, sizeof(waittext), "%d", wait_ms);
+	res = remote_query_quietly(conn,
+							   "SELECT coalesce(bool_and(pg_terminate_backend(pid, $2::int)), true) "
+							   "FROM pg_stat_activity WHERE pid = $1::int",
+							   2, params, wait_ms + 1000);
+	return res != NULL && strcmp(remote_value(res, 0, 0), "t") == 0;
 }

@@ -154,17 +154,7 @@ still_wanted_while_fencing(void *arg)
 static void
 load_migration(CutoverRun *run)
 {
-	if (!state_load(&run->state))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("there is no migration to cut over"),
-				 errhint("Start one with CALL zdm.init(source_dsn).")));
-	if (strcmp(run->state.phase, "completed") == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the migration is already complete"),
-				 errdetail("The cutover completed at %s, final source position %s.",
-						   run->state.completed_at, run->state.final_lsn)));
+	load_migration_to_cut_over(&run->state);
 	run->subid = subscription_oid();
 }
 
@@ -281,11 +271,7 @@ check_subscription_ready(CutoverRun *run)
 				 errhint("Run CALL zdm.abort() and start again with zdm.init.")));
 	p = poll_progress(run, NULL);
 	if (!p.all_ready)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the initial copy has not finished"),
-				 errdetail("Some tables are not ready yet; the source was not locked."),
-				 errhint("Wait until SELECT * FROM zdm.status() shows every table ready (zdm.tables() lists them).")));
+		refuse_unfinished_copy();
 	if (!p.running)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
