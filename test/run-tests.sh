@@ -181,8 +181,33 @@ copy_outputs() {
     zdm_log "test outputs copied to $OUTPUT_DIR"
 }
 
+# run_pass NAME LOG COUNTER REPORTER MAKE_ARGS...: one `make installcheck`
+# pass with MAKE_ARGS, its output in LOG; COUNTER LOG prints "passed failed",
+# REPORTER LOG shows what failed.  Adds to PASSED and FAILED (a failing pass
+# with no failed test counts as one failure) and returns make's status.
+run_pass() {
+    local name=$1 log=$2 counter=$3 reporter=$4 rc=0 p f
+    shift 4
+    run_installcheck "$log" "$@" || rc=$?
+    read -r p f < <("$counter" "$log")
+    PASSED=$((PASSED + p))
+    FAILED=$((FAILED + f))
+    if [[ $rc -eq 0 ]]; then
+        zdm_log "$name pass: $p passed"
+        return 0
+    fi
+    "$reporter" "$log"
+    if [[ $f -eq 0 ]]; then
+        FAILED=$((FAILED + 1))
+        zdm_warn "$name pass failed (make exit status $rc) with no test reported as failed: counted as one failure"
+    else
+        zdm_warn "$name pass failed (make exit status $rc): $p passed, $f failed"
+    fi
+    return "$rc"
+}
+
 main() {
-    local status=0 rc p f regress tap_tests prove_tests
+    local status=0 rc regress tap_tests prove_tests
     local extra_regress=() extra_tap=()
 
     zdm_after_cleanup print_summary
@@ -199,24 +224,9 @@ main() {
         zdm_log "no pg_regress tests in the Makefile"
     else
         zdm_log "pass 1: pg_regress ($regress)"
-        rc=0
-        run_installcheck "$ZDM_WORKDIR/installcheck-regress.log" \
-            TAP_TESTS= "${extra_regress[@]}" || rc=$?
-        read -r p f < <(count_pg_regress "$ZDM_WORKDIR/installcheck-regress.log")
-        PASSED=$((PASSED + p))
-        FAILED=$((FAILED + f))
-        if [[ $rc -ne 0 ]]; then
-            status=$rc
-            report_regress_failure
-            if [[ $f -eq 0 ]]; then
-                FAILED=$((FAILED + 1))
-                zdm_warn "pg_regress pass failed (make exit status $rc) with no test reported as failed: counted as one failure"
-            else
-                zdm_warn "pg_regress pass failed (make exit status $rc): $p passed, $f failed"
-            fi
-        else
-            zdm_log "pg_regress pass: $p passed"
-        fi
+        run_pass pg_regress "$ZDM_WORKDIR/installcheck-regress.log" \
+            count_pg_regress report_regress_failure \
+            TAP_TESTS= "${extra_regress[@]}" || status=$?
     fi
 
     # Pass 2: TAP.  Expand the Makefile's PROVE_TESTS glob first: prove fails
@@ -232,23 +242,10 @@ main() {
     else
         zdm_log "pass 2: TAP tests (${prove_tests//$'\n'/ })"
         rc=0
-        run_installcheck "$ZDM_WORKDIR/installcheck-tap.log" \
+        run_pass TAP "$ZDM_WORKDIR/installcheck-tap.log" \
+            count_prove report_tap_failure \
             REGRESS= "${extra_tap[@]}" || rc=$?
-        read -r p f < <(count_prove "$ZDM_WORKDIR/installcheck-tap.log")
-        PASSED=$((PASSED + p))
-        FAILED=$((FAILED + f))
-        if [[ $rc -ne 0 ]]; then
-            [[ $status -eq 0 ]] && status=$rc
-            report_tap_failure "$ZDM_WORKDIR/installcheck-tap.log"
-            if [[ $f -eq 0 ]]; then
-                FAILED=$((FAILED + 1))
-                zdm_warn "TAP pass failed (make exit status $rc) with no test reported as failed: counted as one failure"
-            else
-                zdm_warn "TAP pass failed (make exit status $rc): $p passed, $f failed"
-            fi
-        else
-            zdm_log "TAP pass: $p passed"
-        fi
+        [[ $status -eq 0 ]] && status=$rc
     fi
 
     if [[ $status -eq 0 && $PASSED -eq 0 ]]; then
