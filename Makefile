@@ -11,6 +11,7 @@ OBJS = \
 	src/pg_zdm.o \
 	src/remote.o \
 	src/sequences.o \
+	src/source_features.o \
 	src/source.o \
 	src/state.o \
 	src/status.o \

@@ -25,9 +25,6 @@
 
 #include "pg_zdm.h"
 
-/* Oldest source release we accept: logical replication came in 10. */
-#define MIN_SOURCE_VERSION_NUM	100000
-
 /* A transaction older than this on the source delays slot creation. */
 #define LONG_TRANSACTION_SECONDS	60
 
@@ -69,7 +66,10 @@ static const char *source_tables_sql =
 "  AND n.nspname !~ '^pg_' "
 "ORDER BY 1, 2";
 
-/* Replicated columns of permanent tables; type as schema.name and typmod. */
+/*
+ * Replicated columns of permanent tables; type as schema.name and typmod.
+ * Generated columns (12 and later) are not replicated; %s is that filter.
+ */
 static const char *source_columns_sql =
 "SELECT n.nspname, c.relname, a.attname, tn.nspname || '.' || t.typname, "
 "       a.atttypmod, format_type(a.atttypid, a.atttypmod) "
@@ -80,7 +80,7 @@ static const char *source_columns_sql =
 "WHERE c.relkind = 'r' AND c.relpersistence = 'p' "
 "  AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
 "  AND n.nspname !~ '^pg_' "
-"  AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' "
+"  AND a.attnum > 0 AND NOT a.attisdropped %s "
 "ORDER BY 1, 2, a.attnum";
 
 typedef struct NameList
@@ -352,6 +352,7 @@ run_checks(PGconn *conn, bool ignore_missing, bool defer_copy,
 	RemoteResult *facts;
 	RemoteResult *tables;
 	RemoteResult *columns;
+	SourceFeatures features;
 	bool	   *present;
 	int			version_num;
 	int			free_slots;
@@ -376,7 +377,7 @@ run_checks(PGconn *conn, bool ignore_missing, bool defer_copy,
 	*published = NIL;
 
 	/* the other checks' queries need a release pg_zdm supports */
-	if (PQserverVersion(conn) < MIN_SOURCE_VERSION_NUM)
+	if (PQserverVersion(conn) < ZDM_MIN_SOURCE_VERSION_NUM)
 		return add_check(NIL, "server_version", false, true,
 						 ERRCODE_FEATURE_NOT_SUPPORTED,
 						 psprintf("The source runs PostgreSQL %s; pg_zdm needs 10 or later.",
@@ -396,7 +397,7 @@ run_checks(PGconn *conn, bool ignore_missing, bool defer_copy,
 
 	version_num = atoi(remote_value(facts, 0, 0));
 	checks = add_check(checks, "server_version",
-					   version_num >= MIN_SOURCE_VERSION_NUM, true,
+					   version_num >= ZDM_MIN_SOURCE_VERSION_NUM, true,
 					   ERRCODE_FEATURE_NOT_SUPPORTED,
 					   psprintf("The source runs PostgreSQL %s; pg_zdm needs 10 or later.",
 								remote_value(facts, 0, 1)),
@@ -479,7 +480,12 @@ run_checks(PGconn *conn, bool ignore_missing, bool defer_copy,
 
 	/* tables */
 	tables = remote_query(conn, source_tables_sql, 0, NULL, "listing the source tables");
-	columns = remote_query(conn, source_columns_sql, 0, NULL, "listing the source columns");
+	source_features(conn, &features);
+	columns = remote_query(conn,
+						   psprintf(source_columns_sql,
+									features.generated_columns ?
+									"AND a.attgenerated = ''" : ""),
+						   0, NULL, "listing the source columns");
 	present = tables_present_here(tables);
 
 	namelist_init(&missing_tables);

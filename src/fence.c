@@ -139,6 +139,7 @@ fence_acquire(const char *dsn, PGconn *control, PGconn **fence_out,
 	TimestampTz started = GetCurrentTimestamp();
 	TimestampTz next_terminate;
 	StringInfoData sql;
+	SourceFeatures features;
 	PGconn	   *fence;
 	int			terminated = 0;
 
@@ -152,15 +153,19 @@ fence_acquire(const char *dsn, PGconn *control, PGconn **fence_out,
 	remote_keep_across_abort(fence);
 	*fence_out = fence;
 
+	source_features(fence, &features);
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "SET idle_in_transaction_session_timeout = %d; "
 					 "SET statement_timeout = 0; SET lock_timeout = %d; "
-					 "SET client_connection_check_interval = '1s'; "
+					 "%s"
 					 "SET synchronous_commit = on; "
 					 "SELECT set_config('deadlock_timeout', '1h', false) "
 					 "FROM pg_roles WHERE rolname = current_user AND rolsuper",
-					 zdm_fence_idle_timeout_ms, Max(lock_timeout_ms, 1));
+					 zdm_fence_idle_timeout_ms, Max(lock_timeout_ms, 1),
+	/* before 14, a waiting LOCK notices a gone target only by lock_timeout */
+					 features.connection_check ?
+					 "SET client_connection_check_interval = '1s'; " : "");
 	remote_command(fence, sql.data, "setting up the fence session");
 
 	resetStringInfo(&sql);
@@ -205,8 +210,11 @@ fence_make_permanent(PGconn *fence, PGconn *control)
 {
 	List	   *tables = fence_published_tables(control);
 	StringInfoData sql;
+	SourceFeatures features;
 	ListCell   *lc;
 
+	/* PostgreSQL 10 spells it EXECUTE PROCEDURE */
+	source_features(fence, &features);
 	initStringInfo(&sql);
 	appendStringInfoString(&sql,
 						   "CREATE SCHEMA " ZDM_FENCE_SCHEMA "; "
@@ -221,9 +229,11 @@ fence_make_permanent(PGconn *fence, PGconn *control)
 		appendStringInfo(&sql,
 						 "CREATE TRIGGER zdm_reject_write BEFORE INSERT OR UPDATE "
 						 "OR DELETE OR TRUNCATE ON %s FOR EACH STATEMENT "
-						 "EXECUTE FUNCTION " ZDM_FENCE_SCHEMA ".reject_write(); "
+						 "EXECUTE %s " ZDM_FENCE_SCHEMA ".reject_write(); "
 						 "ALTER TABLE %s ENABLE ALWAYS TRIGGER zdm_reject_write; ",
-						 (char *) lfirst(lc), (char *) lfirst(lc));
+						 (char *) lfirst(lc),
+						 features.execute_function ? "FUNCTION" : "PROCEDURE",
+						 (char *) lfirst(lc));
 	remote_send(fence, sql.data, "making the source read-only");
 	permanent_pending = true;
 }

@@ -40,6 +40,24 @@ extern char *dsn_mask(const char *dsn);
 extern int	dsn_connect_timeout(const char *dsn);
 extern void dsn_install_log_filter(void);
 
+/* source_features.c: what a source of a given release can do */
+#define ZDM_MIN_SOURCE_VERSION_NUM	100000	/* logical replication: 10 */
+
+typedef struct SourceFeatures
+{
+	int			version_num;	/* PQserverVersion */
+	bool		supported;		/* 10 or later */
+	bool		jit;			/* 11: the jit setting */
+	bool		execute_function;	/* 11: CREATE TRIGGER ... EXECUTE FUNCTION */
+	bool		truncate_replicated;	/* 11: pgoutput sends TRUNCATE */
+	bool		generated_columns;	/* 12: pg_attribute.attgenerated */
+	bool		slot_wal_status;	/* 13: pg_replication_slots.wal_status */
+	bool		connection_check;	/* 14: client_connection_check_interval */
+	bool		terminate_waits;	/* 14: pg_terminate_backend(pid, timeout) */
+} SourceFeatures;
+
+extern void source_features(PGconn *conn, SourceFeatures *features);
+
 /* remote.c: a result copied out of libpq, so no PGresult outlives a call */
 typedef struct RemoteResult
 {

@@ -249,11 +249,24 @@ connect_loop(const char *dsn, TimestampTz deadline, bool interruptible,
 /*
  * Settings every source session gets: nothing it runs depends on the
  * source's search_path, datestyle or encoding defaults, and its catalog
- * queries are not worth JIT compilation (which can cost a second).
+ * queries are not worth JIT compilation (which can cost a second; sources
+ * before 11 have no JIT).  Only settings every release has come before the
+ * version is known to be supported, so that an older server gets the
+ * server_version refusal rather than an unknown-setting error.
  */
-static const char *session_setup =
-"SET search_path = pg_catalog; SET datestyle = ISO; "
-"SET client_encoding = 'UTF8'; SET intervalstyle = postgres; SET jit = off";
+static const char *
+session_setup(PGconn *conn)
+{
+	SourceFeatures features;
+
+	source_features(conn, &features);
+	if (features.jit)
+		return "SET search_path = pg_catalog; SET datestyle = ISO; "
+			"SET client_encoding = 'UTF8'; SET intervalstyle = postgres; "
+			"SET jit = off";
+	return "SET search_path = pg_catalog; SET datestyle = ISO; "
+		"SET client_encoding = 'UTF8'; SET intervalstyle = postgres";
+}
 
 /*
  * Connect and run the session setup.  Returns NULL and *reason (with
@@ -293,7 +306,7 @@ try_connect(const char *dsn, int timeout_s, bool interruptible,
 	}
 	else if (!interruptible)
 	{
-		if (remote_command_quietly(conn, session_setup, 0, NULL, timeout_s * 1000))
+		if (remote_command_quietly(conn, session_setup(conn), 0, NULL, timeout_s * 1000))
 			return conn;
 		*reason = pchomp(PQerrorMessage(conn));
 	}
@@ -301,7 +314,7 @@ try_connect(const char *dsn, int timeout_s, bool interruptible,
 	{
 		PG_TRY();
 		{
-			remote_command(conn, session_setup, "session setup");
+			remote_command(conn, session_setup(conn), "session setup");
 		}
 		PG_CATCH();
 		{
@@ -557,7 +570,9 @@ remote_command(PGconn *conn, const char *sql, const char *step)
 /*
  * remote_query_quietly: for cleanup.  Never throws: holds interrupts and
  * gives up after timeout_ms.  Returns the last result, or NULL when any
- * statement failed (then the connection may be unusable: close it).
+ * statement failed.  After a failed statement every result is still read,
+ * so the connection can run the next cleanup step; after a timeout or a
+ * broken connection it cannot (close it).
  */
 RemoteResult *
 remote_query_quietly(PGconn *conn, const char *sql, int nparams,
@@ -566,7 +581,8 @@ remote_query_quietly(PGconn *conn, const char *sql, int nparams,
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   timeout_ms);
 	RemoteResult *last = NULL;
-	bool		ok = true;
+	bool		ok = true;		/* false: the connection is unusable */
+	bool		failed = false; /* a statement failed */
 
 	if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
 		return NULL;
@@ -595,11 +611,11 @@ remote_query_quietly(PGconn *conn, const char *sql, int nparams,
 			PQresultStatus(res) == PGRES_TUPLES_OK)
 			last = copy_result(res);
 		else
-			ok = false;
+			failed = true;		/* read on: the connection stays usable */
 		PQclear(res);
 	}
 	RESUME_INTERRUPTS();
-	return ok ? last : NULL;
+	return ok && !failed ? last : NULL;
 }
 
 /*

@@ -23,6 +23,9 @@
 /* Pause between attempts to drop a slot a walsender still holds. */
 #define SLOT_RETRY_MS	50
 
+/* Pause between looks at whether a terminated session is gone (before 14). */
+#define END_SESSION_POLL_MS	20
+
 /*
  * source_drop_slots: drop the subscription's slot and, when subid is valid,
  * the table synchronization slots its copy left (pg_<subid>_sync_...).
@@ -86,13 +89,40 @@ source_end_session(PGconn *conn, int pid, int wait_ms)
 	char		pidtext[16];
 	char		waittext[16];
 	const char *params[2] = {pidtext, waittext};
+	SourceFeatures features;
+	TimestampTz deadline;
 	RemoteResult *res;
 
 	snprintf(pidtext, sizeof(pidtext), "%d", pid);
 	snprintf(waittext, sizeof(waittext), "%d", wait_ms);
+	source_features(conn, &features);
+	if (features.terminate_waits)
+	{
+		res = remote_query_quietly(conn,
+								   "SELECT coalesce(bool_and(pg_terminate_backend(pid, $2::int)), true) "
+								   "FROM pg_stat_activity WHERE pid = $1::int",
+								   2, params, wait_ms + 1000);
+		return res != NULL && strcmp(remote_value(res, 0, 0), "t") == 0;
+	}
+
+	/* before 14: signal, then watch pg_stat_activity until it is gone */
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait_ms);
 	res = remote_query_quietly(conn,
-							   "SELECT coalesce(bool_and(pg_terminate_backend(pid, $2::int)), true) "
+							   "SELECT coalesce(bool_and(pg_terminate_backend(pid)), true) "
 							   "FROM pg_stat_activity WHERE pid = $1::int",
-							   2, params, wait_ms + 1000);
+							   1, params, wait_ms + 1000);
+	while (res != NULL && strcmp(remote_value(res, 0, 0), "t") == 0)
+	{
+		res = remote_query_quietly(conn,
+								   "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity "
+								   "WHERE pid = $1::int)",
+								   1, params, 1000);
+		if (res == NULL || strcmp(remote_value(res, 0, 0), "t") == 0 ||
+			GetCurrentTimestamp() >= deadline)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 END_SESSION_POLL_MS, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
 	return res != NULL && strcmp(remote_value(res, 0, 0), "t") == 0;
 }

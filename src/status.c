@@ -73,6 +73,7 @@ source_rows(StatusRows *rows, const MigrationState *state, bool *slot_ok,
 	char	   *reason = NULL;
 	char	   *current_lsn = NULL;
 	RemoteResult *res;
+	SourceFeatures features;
 	PGconn	   *conn;
 
 	*slot_ok = false;
@@ -85,13 +86,17 @@ source_rows(StatusRows *rows, const MigrationState *state, bool *slot_ok,
 		return NULL;
 
 	*published = fence_published_tables(conn);
+	source_features(conn, &features);
 	res = remote_query(conn,
-						   "SELECT pg_current_wal_lsn(), s.active, s.wal_status, "
+					   psprintf("SELECT pg_current_wal_lsn(), s.active, %s, "
 						   "  pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint, "
 						   "  pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint "
 						   "FROM (SELECT 1) one LEFT JOIN pg_replication_slots s "
 						   "  ON s.slot_name = $1",
-						   1, params, "reading the slot");
+					   /* before 13 a slot keeps all its WAL, always */
+							features.slot_wal_status ? "s.wal_status" :
+							"CASE WHEN s.slot_name IS NOT NULL THEN 'reserved' END"),
+					   1, params, "reading the slot");
 	remote_disconnect(conn);
 
 	current_lsn = pstrdup(remote_value(res, 0, 0));

@@ -265,6 +265,7 @@ setup() {
             zdm_die "apt-get install libpq-dev failed"
     fi
 
+    zdm_lock_install
     zdm_log "building pg_zdm in $ZDM_REPO_ROOT (make with_llvm=no)"
     make -C "$ZDM_REPO_ROOT" -j"$(nproc)" PG_CONFIG="$ZDM_PG_CONFIG" with_llvm=no ||
         zdm_die "make failed"

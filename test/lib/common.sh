@@ -108,10 +108,24 @@ zdm_install_packages() {
         zdm_die "the postgres OS user does not exist (it comes with the postgresql-common package)"
 }
 
+# Hold the machine-wide install lock until this script exits.  `make
+# install` puts pg_zdm into the one PostgreSQL installation of the machine,
+# so two runs from two checkouts (a test run and a demo, say) would load each
+# other's builds; the second one waits here for the first to end.
+zdm_lock_install() {
+    local lock=/var/lock/pg_zdm-install.lock
+    exec 8>"$lock"
+    if ! flock -n 8; then
+        zdm_log "waiting for another pg_zdm run on this machine to end ($lock)"
+        flock 8
+    fi
+}
+
 # Build the extension in the repository and install it into PostgreSQL 15.
 # Build products stay in the repository; .gitignore covers them.
 zdm_build_install() {
     local buildlog
+    zdm_lock_install
     buildlog=$(mktemp -t pg_zdm.build.XXXXXX)
     ZDM_TMP_DIRS+=("$buildlog")
     zdm_log "building pg_zdm in $ZDM_REPO_ROOT"
@@ -500,3 +514,6 @@ trap zdm__cleanup EXIT
 trap 'zdm__on_signal INT' INT
 trap 'zdm__on_signal TERM' TERM
 trap 'zdm__on_signal HUP' HUP
+
+# shellcheck source=test/lib/servers.sh
+source "$ZDM_REPO_ROOT/test/lib/servers.sh"
