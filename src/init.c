@@ -287,6 +287,22 @@ create_migration(PGconn *conn, InitProgress *progress, bool ignore_missing,
 }
 
 /*
+ * create_migration, with what it made on the source dropped again on any
+ * ERROR or FATAL.  A function of its own because zdm_init's PG_TRY and this
+ * one cannot share a scope (-Wshadow=compatible-local).
+ */
+static void
+create_migration_or_undo(PGconn *conn, InitProgress *progress,
+						 bool ignore_missing, bool defer_copy, List *published)
+{
+	PG_ENSURE_ERROR_CLEANUP(init_cleanup, PointerGetDatum(progress));
+	{
+		create_migration(conn, progress, ignore_missing, defer_copy, published);
+	}
+	PG_END_ENSURE_ERROR_CLEANUP(init_cleanup, PointerGetDatum(progress));
+}
+
+/*
  * CALL zdm.init(source_dsn, ignore_missing, defer_copy)
  */
 Datum
@@ -321,12 +337,8 @@ zdm_init(PG_FUNCTION_ARGS)
 		checks = run_checks(conn, ignore_missing, defer_copy, &published);
 		refuse_on_failed_checks(checks);
 
-		PG_ENSURE_ERROR_CLEANUP(init_cleanup, PointerGetDatum(&progress));
-		{
-			create_migration(conn, &progress, ignore_missing, defer_copy,
-							 published);
-		}
-		PG_END_ENSURE_ERROR_CLEANUP(init_cleanup, PointerGetDatum(&progress));
+		create_migration_or_undo(conn, &progress, ignore_missing, defer_copy,
+								 published);
 
 		remote_disconnect(conn);
 		SPI_finish();

@@ -24,6 +24,8 @@
 #include "storage/spin.h"
 #include "utils/timestamp.h"
 
+#include "compat.h"
+
 /* Fixed names of the objects a migration creates. */
 #define ZDM_PUBLICATION		"zdm_pub"
 #define ZDM_SUBSCRIPTION	"zdm_sub"
@@ -196,7 +198,7 @@ typedef struct CutoverShared
 
 /* cutover.c: refusals shared by the caller and the worker */
 extern void load_migration_to_cut_over(MigrationState *state);
-extern void refuse_unfinished_copy(void) pg_attribute_noreturn();
+pg_noreturn extern void refuse_unfinished_copy(void);
 
 extern PGDLLEXPORT void zdm_cutover_worker_main(Datum main_arg);
 

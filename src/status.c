@@ -170,7 +170,7 @@ target_rows(StatusRows *rows, const char *source_lsn, bool *ready)
 							  "    WHERE w.subid = s.oid AND w.relid IS NOT NULL)::bigint "
 							  "FROM pg_catalog.pg_subscription s "
 							  "LEFT JOIN pg_catalog.pg_stat_subscription st "
-							  "  ON st.subid = s.oid AND st.relid IS NULL "
+							  "  ON st.subid = s.oid AND " ZDM_APPLY_LEADER("st") " "
 							  "LEFT JOIN pg_catalog.pg_stat_subscription_stats ss ON ss.subid = s.oid "
 							  "WHERE s.subname = '" ZDM_SUBSCRIPTION "' "
 							  "  AND s.subdbid = (SELECT oid FROM pg_catalog.pg_database "

@@ -16,13 +16,14 @@
 
 #include "access/xact.h"
 #include "catalog/pg_subscription.h"
-#include "commands/subscriptioncmds.h"
 #include "catalog/pg_type.h"
+#include "commands/subscriptioncmds.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "parser/parse_node.h"
+#include "utils/lsyscache.h"	/* get_subscription_oid from 18 */
 
 #include "pg_zdm.h"
 

@@ -224,7 +224,7 @@ poll_progress(CutoverRun *run, const char *lsn)
 							  "  st.latest_end_lsn::text "
 							  "FROM pg_catalog.pg_subscription s "
 							  "LEFT JOIN pg_catalog.pg_stat_subscription st "
-							  "  ON st.subid = s.oid AND st.relid IS NULL "
+							  "  ON st.subid = s.oid AND " ZDM_APPLY_LEADER("st") " "
 							  "WHERE s.oid = $2",
 							  2, types, values, nulls, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the subscription's progress");
@@ -654,6 +654,21 @@ release_fence_on_failure(int code, Datum arg)
 	}
 }
 
+/*
+ * The cutover steps, with the fence released on any ERROR or FATAL before
+ * the point of no return.  A function of its own because the caller's
+ * PG_TRY and this one cannot share a scope (-Wshadow=compatible-local).
+ */
+static void
+cutover_steps_or_release(CutoverRun *run)
+{
+	PG_ENSURE_ERROR_CLEANUP(release_fence_on_failure, PointerGetDatum(run));
+	{
+		cutover_steps(run);
+	}
+	PG_END_ENSURE_ERROR_CLEANUP(release_fence_on_failure, PointerGetDatum(run));
+}
+
 static char *failure_message = NULL;
 
 static void
@@ -730,11 +745,7 @@ zdm_cutover_worker_main(Datum main_arg)
 
 	PG_TRY();
 	{
-		PG_ENSURE_ERROR_CLEANUP(release_fence_on_failure, PointerGetDatum(&run));
-		{
-			cutover_steps(&run);
-		}
-		PG_END_ENSURE_ERROR_CLEANUP(release_fence_on_failure, PointerGetDatum(&run));
+		cutover_steps_or_release(&run);
 	}
 	PG_CATCH();
 	{

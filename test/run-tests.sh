@@ -5,23 +5,28 @@
 #
 #     bash test/run-tests.sh
 #
-# It installs PostgreSQL 15 and the build tools if missing, builds and installs
-# the extension, copies the tree to a postgres-owned temporary directory and
-# runs `make installcheck` there as the postgres OS user, in two passes so that
-# a failing pg_regress test does not hide the TAP results:
+# For each target PostgreSQL (15, Debian's package, and 18, built once from
+# Debian's source package and cached under /var/cache/pg_zdm) it installs
+# what is missing, builds and installs the extension, copies the tree to a
+# postgres-owned temporary directory and runs `make installcheck` there as
+# the postgres OS user, in two passes so that a failing pg_regress test does
+# not hide the TAP results:
 #
 #   1. the pg_regress suite (REGRESS), on its own throwaway server
 #      (REGRESS_OPTS --temp-instance), with the TAP tests switched off;
 #   2. the TAP tests (test/t/*.pl, separate source and target clusters), with
-#      REGRESS emptied.
+#      REGRESS emptied.  The cross-version tests get source servers of every
+#      major version 10 to 18 (test/lib/servers.sh).
 #
 # On failure it prints regression.diffs and the TAP logs.  Either way the
-# outputs are copied to test/output/ in the repository (replacing the previous
-# run's).  The last line printed is always `N passed, N failed` (pg_regress
-# tests plus TAP assertions), and the exit status is non-zero when anything
-# failed -- CI judges by those two.
+# outputs are copied to test/output/<target version>/ in the repository
+# (replacing the previous run's).  The last line printed is always
+# `N passed, N failed` (pg_regress tests plus TAP assertions of every
+# target), and the exit status is non-zero when anything failed -- CI
+# judges by those two.
 #
 # Optional environment:
+#   ZDM_TARGETS="15"           test only these target versions (default "15 18")
 #   ZDM_REGRESS="a b"          run only these pg_regress tests
 #   ZDM_PROVE_TESTS="test/t/010_x.pl"   run only these TAP files
 #   ZDM_KEEP_TMP=1             keep the temporary copy (see test/lib/common.sh)
@@ -32,6 +37,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 OUTPUT_DIR=$ZDM_REPO_ROOT/test/output
+TARGETS=${ZDM_TARGETS:-15 18}
 PASSED=0
 FAILED=0
 
@@ -47,14 +53,18 @@ print_summary() {
     echo "$PASSED passed, $FAILED failed"
 }
 
-# Count pg_regress results in the make output $1: PostgreSQL 15's pg_regress
-# prints one line per test, "test NAME ... ok" (or "     NAME ... ok" inside a
-# parallel group), with FAILED instead of ok for a failure.  Ignored failures
-# count as neither.  Prints "PASSED FAILED".
+# Count pg_regress results in the make output $1.  PostgreSQL 15's
+# pg_regress prints one line per test, "test NAME ... ok" (or "     NAME ...
+# ok" inside a parallel group), with FAILED instead of ok for a failure;
+# from 16 it prints TAP, "ok N - NAME  12 ms" ("+" instead of "-" inside a
+# parallel group) or "not ok N - NAME".  Ignored failures count as neither.
+# Prints "PASSED FAILED".
 count_pg_regress() {
     awk '
         /^(test +| +)[^ ]+ +\.\.\. +ok( |$)/    { ok++ }
         /^(test +| +)[^ ]+ +\.\.\. +FAILED( |$)/ { bad++ }
+        /^ok +[0-9]+ +[-+] /                   { ok++ }
+        /^not ok +[0-9]+ +[-+] /               { bad++ }
         END { printf "%d %d\n", ok, bad }
     ' "$1"
 }
@@ -165,20 +175,21 @@ report_tap_failure() {
     return 0
 }
 
-# Copy this run's outputs from the work directory to test/output/ in the
-# repository, replacing the previous run's.  Registered to run at exit so an
-# interrupted run keeps what it produced.
+# Copy the outputs of the current target's work directory to
+# test/output/<target version>/ in the repository, replacing the previous
+# run's.  Called when a target is done, and at exit, so an interrupted run
+# keeps what it produced.
 copy_outputs() {
     [[ -n $ZDM_WORKDIR && -d $ZDM_WORKDIR ]] || return 0
-    local w=$ZDM_WORKDIR
-    rm -rf "$OUTPUT_DIR"
-    mkdir -p "$OUTPUT_DIR/regress" "$OUTPUT_DIR/tap"
-    cp "$w"/installcheck-*.log "$OUTPUT_DIR/" 2>/dev/null || true
-    cp "$w"/regression.diffs "$w"/regression.out "$OUTPUT_DIR/regress/" 2>/dev/null || true
-    [[ -d $w/results ]] && cp -r "$w/results" "$OUTPUT_DIR/regress/"
-    [[ -d $w/log ]] && cp -r "$w/log" "$OUTPUT_DIR/regress/"
-    [[ -d $w/tmp_check/log ]] && cp -r "$w/tmp_check/log/." "$OUTPUT_DIR/tap/"
-    zdm_log "test outputs copied to $OUTPUT_DIR"
+    local w=$ZDM_WORKDIR out=$OUTPUT_DIR/$ZDM_PG_VERSION
+    rm -rf "$out"
+    mkdir -p "$out/regress" "$out/tap"
+    cp "$w"/installcheck-*.log "$out/" 2>/dev/null || true
+    cp "$w"/regression.diffs "$w"/regression.out "$out/regress/" 2>/dev/null || true
+    [[ -d $w/results ]] && cp -r "$w/results" "$out/regress/"
+    [[ -d $w/log ]] && cp -r "$w/log" "$out/regress/"
+    [[ -d $w/tmp_check/log ]] && cp -r "$w/tmp_check/log/." "$out/tap/"
+    zdm_log "test outputs copied to $out"
 }
 
 # run_pass NAME LOG COUNTER REPORTER MAKE_ARGS...: one `make installcheck`
@@ -206,16 +217,16 @@ run_pass() {
     return "$rc"
 }
 
-main() {
+# test_target VERSION: build, install and run both passes on target
+# PostgreSQL VERSION.  Returns non-zero when anything failed.
+test_target() {
     local status=0 rc regress tap_tests prove_tests
     local extra_regress=() extra_tap=()
 
-    zdm_after_cleanup print_summary
-    zdm_require_root
-    zdm_install_packages
+    zdm_use_target "$1"
+    zdm_log "==== target PostgreSQL $ZDM_PG_VERSION ($ZDM_PG_CONFIG) ===="
     zdm_build_install
     zdm_workdir
-    zdm_before_cleanup copy_outputs
 
     # Pass 1: pg_regress.
     regress=${ZDM_REGRESS:-$(make_var REGRESS)}
@@ -223,8 +234,8 @@ main() {
     if [[ -z $regress ]]; then
         zdm_log "no pg_regress tests in the Makefile"
     else
-        zdm_log "pass 1: pg_regress ($regress)"
-        run_pass pg_regress "$ZDM_WORKDIR/installcheck-regress.log" \
+        zdm_log "pass 1 on $ZDM_PG_VERSION: pg_regress ($regress)"
+        run_pass "pg_regress on $ZDM_PG_VERSION" "$ZDM_WORKDIR/installcheck-regress.log" \
             count_pg_regress report_regress_failure \
             TAP_TESTS= "${extra_regress[@]}" || status=$?
     fi
@@ -240,13 +251,31 @@ main() {
     elif [[ -z $prove_tests ]]; then
         zdm_log "no TAP test files found"
     else
-        zdm_log "pass 2: TAP tests (${prove_tests//$'\n'/ })"
+        zdm_log "pass 2 on $ZDM_PG_VERSION: TAP tests (${prove_tests//$'\n'/ })"
         rc=0
-        run_pass TAP "$ZDM_WORKDIR/installcheck-tap.log" \
+        run_pass "TAP on $ZDM_PG_VERSION" "$ZDM_WORKDIR/installcheck-tap.log" \
             count_prove report_tap_failure \
             REGRESS= "${extra_tap[@]}" || rc=$?
         [[ $status -eq 0 ]] && status=$rc
     fi
+    copy_outputs
+    return "$status"
+}
+
+main() {
+    local status=0 rc target
+
+    zdm_after_cleanup print_summary
+    zdm_require_root
+    zdm_install_packages
+    zdm_before_cleanup copy_outputs
+    rm -rf "$OUTPUT_DIR"
+
+    for target in $TARGETS; do
+        rc=0
+        test_target "$target" || rc=$?
+        [[ $status -eq 0 ]] && status=$rc
+    done
 
     if [[ $status -eq 0 && $PASSED -eq 0 ]]; then
         zdm_warn "no tests ran"

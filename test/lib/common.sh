@@ -19,6 +19,8 @@
 #
 # The caller is expected to run with `set -euo pipefail`.
 
+# The target PostgreSQL the helpers build for and run: Debian's 15 unless
+# zdm_use_target chose another.
 ZDM_PG_VERSION=15
 ZDM_PG_BIN=/usr/lib/postgresql/${ZDM_PG_VERSION}/bin
 ZDM_PG_CONFIG=${ZDM_PG_BIN}/pg_config
@@ -108,12 +110,14 @@ zdm_install_packages() {
         zdm_die "the postgres OS user does not exist (it comes with the postgresql-common package)"
 }
 
-# Hold the machine-wide install lock until this script exits.  `make
-# install` puts pg_zdm into the one PostgreSQL installation of the machine,
-# so two runs from two checkouts (a test run and a demo, say) would load each
-# other's builds; the second one waits here for the first to end.
+# Hold the install lock of the current target until this script exits (or
+# takes the lock of another target).  `make install` puts pg_zdm into the
+# one installation of that PostgreSQL on the machine, so two runs from two
+# checkouts (a test run and a demo, say) would load each other's builds; the
+# second one waits here for the first to end.
 zdm_lock_install() {
     local lock=/var/lock/pg_zdm-install.lock
+    [[ $ZDM_PG_VERSION == 15 ]] || lock=/var/lock/pg_zdm-install-$ZDM_PG_VERSION.lock
     exec 8>"$lock"
     if ! flock -n 8; then
         zdm_log "waiting for another pg_zdm run on this machine to end ($lock)"
@@ -121,23 +125,40 @@ zdm_lock_install() {
     fi
 }
 
-# Build the extension in the repository and install it into PostgreSQL 15.
-# Build products stay in the repository; .gitignore covers them.
+# zdm_use_target VERSION: build for and run the target PostgreSQL VERSION
+# from now on: 15 is Debian's package, 18 the build test/lib/servers.sh
+# makes (and caches) from Debian's source package.
+zdm_use_target() {
+    case $1 in
+        15) ZDM_PG_BIN=/usr/lib/postgresql/15/bin ;;
+        18) zdm_pg18_target
+            ZDM_PG_BIN=$ZDM_PG18_PREFIX/bin ;;
+        *) zdm_die "no PostgreSQL $1 target: the tests build and run targets 15 and 18" ;;
+    esac
+    ZDM_PG_VERSION=$1
+    ZDM_PG_CONFIG=$ZDM_PG_BIN/pg_config
+}
+
+# Build the extension for the current target in a fresh copy of the tree
+# (so that objects built for another PostgreSQL, by hand or by an earlier
+# run, are never linked in) and install it there.
 zdm_build_install() {
-    local buildlog
+    local buildlog builddir
     zdm_lock_install
     buildlog=$(mktemp -t pg_zdm.build.XXXXXX)
-    ZDM_TMP_DIRS+=("$buildlog")
-    zdm_log "building pg_zdm in $ZDM_REPO_ROOT"
-    if ! make -C "$ZDM_REPO_ROOT" -j"$(nproc)" PG_CONFIG="$ZDM_PG_CONFIG" 2>&1 |
+    builddir=$(mktemp -d -t pg_zdm.build.XXXXXX)
+    ZDM_TMP_DIRS+=("$buildlog" "$builddir")
+    zdm__copy_tree "$builddir"
+    zdm_log "building pg_zdm for PostgreSQL $ZDM_PG_VERSION in $builddir"
+    if ! make -C "$builddir" -j"$(nproc)" PG_CONFIG="$ZDM_PG_CONFIG" 2>&1 |
             tee "$buildlog"; then
         if grep -q 'gssapi' "$buildlog" && ! zdm_package_installed libkrb5-dev; then
             zdm_die "make failed: a source file now includes a server header that needs gssapi.h; add libkrb5-dev to ZDM_PACKAGES in test/lib/common.sh"
         fi
         zdm_die "make failed (see the compiler output above)"
     fi
-    zdm_log "installing pg_zdm"
-    make -C "$ZDM_REPO_ROOT" PG_CONFIG="$ZDM_PG_CONFIG" install ||
+    zdm_log "installing pg_zdm into PostgreSQL $ZDM_PG_VERSION"
+    make -C "$builddir" PG_CONFIG="$ZDM_PG_CONFIG" install ||
         zdm_die "make install failed"
 }
 
@@ -187,6 +208,17 @@ zdm__mktemp_postgres() {
     ZDM__LAST_TMP=$dir
 }
 
+# zdm__copy_tree DIR: copy the repository into DIR, without .git and without
+# build or test output.
+zdm__copy_tree() {
+    tar -C "$ZDM_REPO_ROOT" -cf - \
+        --exclude=./.git --exclude=./test/output --exclude=./results \
+        --exclude='./tmp_check*' --exclude='./regression.*' --exclude=./log \
+        --exclude='*.o' --exclude='*.so' --exclude='*.bc' \
+        . | tar -C "$1" -xf - ||
+        zdm_die "could not copy $ZDM_REPO_ROOT to $1"
+}
+
 # Copy the repository (without .git and without build or test output) into a
 # fresh postgres-owned directory, so that `make installcheck` can run as
 # postgres: pg_regress and the TAP tests run initdb, which refuses root.
@@ -195,11 +227,7 @@ zdm_workdir() {
     zdm__mktemp_postgres work
     ZDM_WORKDIR=$ZDM__LAST_TMP
     zdm_log "copying the tree to $ZDM_WORKDIR"
-    tar -C "$ZDM_REPO_ROOT" -cf - \
-        --exclude=./.git --exclude=./test/output --exclude=./results \
-        --exclude='./tmp_check*' --exclude='./regression.*' --exclude=./log \
-        . | tar -C "$ZDM_WORKDIR" -xf - ||
-        zdm_die "could not copy $ZDM_REPO_ROOT to $ZDM_WORKDIR"
+    zdm__copy_tree "$ZDM_WORKDIR"
     chown -R postgres:postgres "$ZDM_WORKDIR"
 }
 
