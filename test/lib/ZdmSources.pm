@@ -27,7 +27,7 @@ use warnings;
 use Exporter 'import';
 use PostgreSQL::Test::Utils;
 
-our @EXPORT = qw(source_installs);
+our @EXPORT = qw(source_installs forget_unknown_settings);
 
 # source_installs(): the installations of ZDM_SOURCE_INSTALLS, ordered by
 # major version, each { major => 10, version => '10.23', install_path =>
@@ -77,6 +77,32 @@ exit 1
 		  { major => $major, version => $version, install_path => $inst };
 	}
 	return sort { $a->{major} <=> $b->{major} } @installs;
+}
+
+# forget_unknown_settings(node): comment out the settings that
+# PostgreSQL::Test::Cluster's init wrote to postgresql.conf and that the
+# node's server does not know (the framework of a newer target writes some
+# that older servers refuse to start with, e.g. 18's
+# autovacuum_worker_slots).  The server itself says what it knows
+# (postgres --describe-config).
+sub forget_unknown_settings
+{
+	my ($node) = @_;
+	my $conf = $node->data_dir . '/postgresql.conf';
+	my $postgres = $node->installed_command('postgres');
+	my %known = map { (split /\t/)[0] => 1 } split /\n/,
+	  `"$postgres" --describe-config`;
+	die "$postgres --describe-config failed" if $? != 0 || !%known;
+
+	my ($head, $added) = split /(?=^# Added by PostgreSQL::Test::Cluster)/m,
+	  PostgreSQL::Test::Utils::slurp_file($conf), 2;
+	return unless defined $added;
+	$added =~ s{^(([a-z_][a-z0-9_.]*)\s*=)}
+	  {$known{$2} || $2 =~ /\./ ? $1 : "# not known to this server: $1"}gme;
+	open my $fh, '>', $conf or die "cannot write $conf: $!";
+	print $fh $head, $added;
+	close $fh;
+	return;
 }
 
 1;

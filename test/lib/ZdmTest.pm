@@ -22,13 +22,19 @@ our $PASSWORD = 'zdm-S3cret-pw';
 # with wal_level = logical, listening on 127.0.0.1 too, with role
 # "migrator" (superuser, password $PASSWORD, scram over TCP) and database
 # "app".  install_path runs the servers of another installation (see
-# ZdmSources.pm); up to PostgreSQL 11 wal senders count against
-# max_connections, which must exceed them and the reserved connections.
+# ZdmSources.pm), without the settings it does not know; up to PostgreSQL
+# 11 wal senders count against max_connections, which must exceed them and
+# the reserved connections.
 sub start_source
 {
 	my ($name, $extra, %params) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name, %params);
 	$node->init(allows_streaming => 'logical');
+	if ($params{install_path})
+	{
+		require ZdmSources;
+		ZdmSources::forget_unknown_settings($node);
+	}
 	$node->append_conf('postgresql.conf', qq{
 listen_addresses = '127.0.0.1'
 password_encryption = 'scram-sha-256'
