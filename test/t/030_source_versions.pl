@@ -22,8 +22,8 @@
 #     sequence is ahead on the target and usable there, the source refuses
 #     INSERT with 25006, slot and publication are gone from the source;
 #   - TRUNCATE while streaming: replicated from 11; a 10 source does not
-#     send it (the README's version matrix says so), so the target keeps
-#     the rows;
+#     send it (zdm.check warns, the README's version matrix says so), so
+#     the target keeps the rows;
 #   - sources that lack features pg_zdm uses elsewhere: an init cancelled
 #     and one terminated while the slot is being created (12, 13: no
 #     pg_terminate_backend with timeout) and CALL zdm.abort() after init
@@ -225,6 +225,12 @@ sub migrate_from
 	is( $target->safe_psql('app',
 			"SELECT ok FROM zdm.check('$dsn') WHERE name = 'server_version'"),
 		't', "$v: the server_version check is ok");
+	is( $target->safe_psql('app',
+			"SELECT ok::text || ' ' || blocking::text FROM zdm.check('$dsn') WHERE name = 'truncate_replication'"),
+		$major < 11 ? 'false false' : '',
+		$major < 11
+		? "$v: zdm.check warns (not blocking) that TRUNCATE is not replicated"
+		: "$v: no truncate_replication warning");
 
 	# --- failure paths first, while the source is still writable -------------
 	if ($INTERRUPT_ON{$major})
