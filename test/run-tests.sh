@@ -25,6 +25,9 @@
 #   ZDM_REGRESS="a b"          run only these pg_regress tests
 #   ZDM_PROVE_TESTS="test/t/010_x.pl"   run only these TAP files
 #   ZDM_KEEP_TMP=1             keep the temporary copy (see test/lib/common.sh)
+#   ZDM_SOURCE_INSTALLS="10=DIR ..."   migrate from these source servers
+#                              (DIR holds bin/ with initdb, pg_ctl, postgres)
+#                              instead of the cached 10 to 18
 #
 # Before the TAP pass it fetches (once; cached under /var/cache/pg_zdm) real
 # server binaries of every source major version 10 to 18 and hands their
@@ -123,9 +126,15 @@ run_installcheck() {
 
 # Make sure the source servers of every version the cross-version tests
 # migrate from are cached (test/lib/servers.sh), and export their
-# installation directories as ZDM_SOURCE_INSTALLS ("MAJOR=DIR ...").
+# installation directories as ZDM_SOURCE_INSTALLS ("MAJOR=DIR ..."), unless
+# the caller set it (other servers, or fewer of them).
 source_installs() {
     local major dir installs=()
+    if [[ -n ${ZDM_SOURCE_INSTALLS:-} ]]; then
+        export ZDM_SOURCE_INSTALLS
+        zdm_log "source servers for the cross-version tests (as given): $ZDM_SOURCE_INSTALLS"
+        return 0
+    fi
     zdm_embedded_servers_all
     for major in $ZDM_SOURCE_MAJORS; do
         dir=$(zdm_embedded_server "$major")
