@@ -586,6 +586,13 @@ run_checks(PGconn *conn, bool ignore_missing, bool defer_copy,
 								namelist_text(&unlogged)),
 					   pstrdup("Copy their contents by hand after the cutover, or make them logged (ALTER TABLE ... SET LOGGED) before init."));
 
+	/* only where it applies, like pg_upgrade's version-specific checks */
+	if (!features.truncate_replicated)
+		checks = add_check(checks, "truncate_replication", false, false, 0,
+						   psprintf("PostgreSQL %s does not replicate TRUNCATE (from 11 it does): a TRUNCATE of a published table on the source after init leaves the table's rows on the target.",
+									remote_value(facts, 0, 1)),
+						   pstrdup("Do not TRUNCATE published tables on the source until the cutover (DELETE is replicated), or repeat each TRUNCATE on the target."));
+
 	checks = add_check(checks, "large_objects",
 					   strcmp(remote_value(facts, 0, 14), "0") == 0, false, 0,
 					   psprintf("The source has %s large objects; logical replication does not carry them.",

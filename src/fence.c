@@ -6,7 +6,9 @@
  *		  cutover does.
  *
  * The fence is one transaction in a source session of its own that holds
- * LOCK TABLE ... IN EXCLUSIVE MODE on every published table.  EXCLUSIVE
+ * LOCK TABLE ... IN EXCLUSIVE MODE on every published table and on the
+ * partitioned tables above them (writes through those reach the published
+ * partitions, and fire the parent's statement triggers only).  EXCLUSIVE
  * conflicts with the ROW EXCLUSIVE lock every INSERT, UPDATE, DELETE, MERGE
  * and COPY FROM takes, and with TRUNCATE and DDL, for every role and every
  * session, whatever default_transaction_read_only says; plain SELECT still
@@ -35,11 +37,12 @@
  *
  * In the same transaction the fence creates what keeps the source read-only
  * after success: schema zdm_fence with a statement trigger on every published
- * table that rejects writes, enabled ALWAYS so that session_replication_role
- * = replica does not skip it.  Committing the fence (fence_commit) is the
- * cutover's point of no return: it publishes those triggers and releases the
- * locks in one step, so the writers queued behind the fence wake up to the
- * triggers.  Rolling it back leaves no trace.
+ * table and partitioned parent that rejects writes, enabled ALWAYS so that
+ * session_replication_role = replica does not skip it.  Committing the
+ * fence (fence_commit) is the cutover's point of no return: it publishes
+ * those triggers and releases the locks in one step, so the writers queued
+ * behind the fence wake up to the triggers.  Rolling it back leaves no
+ * trace.
  *
  *-------------------------------------------------------------------------
  */
@@ -83,6 +86,42 @@ fence_published_tables(PGconn *control)
 						 (char *) quote_qualified_identifier(remote_value(res, row, 0),
 															 remote_value(res, row, 1)));
 	return tables;
+}
+
+/*
+ * fence_partitioned_parents: the partitioned tables above the published
+ * tables (a publication lists leaf partitions), quoted and qualified, in
+ * name order.  A write through a partitioned table locks it before its
+ * partitions and fires its statement triggers, not theirs: the fence must
+ * lock it and make it read-only too.  pg_inherits, not
+ * pg_partition_ancestors, which is from PostgreSQL 12.
+ */
+static List *
+fence_partitioned_parents(PGconn *control)
+{
+	RemoteResult *res;
+	List	   *parents = NIL;
+	int			row;
+
+	res = remote_query(control,
+					   "WITH RECURSIVE up(relid) AS ("
+					   "  SELECT i.inhparent FROM pg_publication_tables p "
+					   "  JOIN pg_namespace n ON n.nspname = p.schemaname "
+					   "  JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename "
+					   "  JOIN pg_inherits i ON i.inhrelid = c.oid "
+					   "  WHERE p.pubname = '" ZDM_PUBLICATION "' "
+					   "  UNION "
+					   "  SELECT i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.relid) "
+					   "SELECT n.nspname, c.relname FROM up "
+					   "JOIN pg_class c ON c.oid = up.relid "
+					   "JOIN pg_namespace n ON n.oid = c.relnamespace "
+					   "WHERE c.relkind = 'p' ORDER BY 1, 2",
+					   0, NULL, "listing the partitioned tables above the published ones");
+	for (row = 0; row < res->ntuples; row++)
+		parents = lappend(parents,
+						  (char *) quote_qualified_identifier(remote_value(res, row, 0),
+															  remote_value(res, row, 1)));
+	return parents;
 }
 
 static char *
@@ -136,6 +175,8 @@ fence_acquire(const char *dsn, PGconn *control, PGconn **fence_out,
 			  void (*still_wanted) (void *arg), void *arg)
 {
 	List	   *tables = fence_published_tables(control);
+	List	   *parents;
+	ListCell   *lc;
 	TimestampTz started = GetCurrentTimestamp();
 	TimestampTz next_terminate;
 	StringInfoData sql;
@@ -147,7 +188,8 @@ fence_acquire(const char *dsn, PGconn *control, PGconn **fence_out,
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("publication %s on the source has no tables to fence", ZDM_PUBLICATION)));
-	*ntables = list_length(tables);
+	parents = fence_partitioned_parents(control);
+	*ntables = list_length(tables) + list_length(parents);
 
 	fence = remote_connect(dsn, "to fence writes");
 	remote_keep_across_abort(fence);
@@ -168,9 +210,17 @@ fence_acquire(const char *dsn, PGconn *control, PGconn **fence_out,
 					 "SET client_connection_check_interval = '1s'; " : "");
 	remote_command(fence, sql.data, "setting up the fence session");
 
+	/*
+	 * Partitioned tables first (ONLY: their partitions that are not
+	 * published stay writable), as a write through one locks it before its
+	 * partitions: that writer then cannot hold a partition the fence waits
+	 * for while it waits for the fence.
+	 */
 	resetStringInfo(&sql);
-	appendStringInfo(&sql, "BEGIN; LOCK TABLE %s IN EXCLUSIVE MODE",
-					 join_names(tables));
+	appendStringInfoString(&sql, "BEGIN; LOCK TABLE ");
+	foreach(lc, parents)
+		appendStringInfo(&sql, "ONLY %s, ", (char *) lfirst(lc));
+	appendStringInfo(&sql, "%s IN EXCLUSIVE MODE", join_names(tables));
 	remote_send(fence, sql.data, "fencing writes");
 
 	next_terminate = TimestampTzPlusMilliseconds(started, zdm_lock_grace_ms);
@@ -203,12 +253,14 @@ fence_acquire(const char *dsn, PGconn *control, PGconn **fence_out,
 /*
  * fence_make_permanent: in the fence transaction, create what keeps the
  * source read-only once the fence commits: a trigger on every published
- * table rejecting writes.  Sent without waiting; fence_commit collects it.
+ * table and on the partitioned tables above them, rejecting writes.  Sent
+ * without waiting; fence_commit collects it.
  */
 void
 fence_make_permanent(PGconn *fence, PGconn *control)
 {
-	List	   *tables = fence_published_tables(control);
+	List	   *tables = list_concat(fence_partitioned_parents(control),
+									 fence_published_tables(control));
 	StringInfoData sql;
 	SourceFeatures features;
 	ListCell   *lc;

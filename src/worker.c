@@ -31,6 +31,7 @@
 
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "access/xlog_internal.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "libpq/pqmq.h"
@@ -318,6 +319,25 @@ come_close(CutoverRun *run)
 }
 
 /*
+ * The end of the WAL inserted so far, as XLogFlush accepts it.  At the start
+ * of a page GetXLogInsertRecPtr points past the page's header, which is not
+ * written until a record goes there, and XLogFlush fails ("xlog flush
+ * request ... is not satisfied"); nothing is on that page yet, so its start
+ * is the end.  (PostgreSQL 17 has GetXLogInsertEndRecPtr for this.)
+ */
+static XLogRecPtr
+inserted_wal_end(void)
+{
+	XLogRecPtr	ptr = GetXLogInsertRecPtr();
+
+	if (XLogSegmentOffset(ptr, wal_segment_size) == SizeOfXLogLongPHD)
+		return ptr - SizeOfXLogLongPHD;
+	if (ptr % XLOG_BLCKSZ == SizeOfXLogShortPHD)
+		return ptr - SizeOfXLogShortPHD;
+	return ptr;
+}
+
+/*
  * With the fence held: wait until this target has applied and flushed
  * everything up to run->final_lsn, telling the caller how far it is.
  */
@@ -343,7 +363,7 @@ wait_for_catchup(CutoverRun *run)
 		if (p.all_ready && (p.flushed || (p.applied && p.running)))
 		{
 			if (!p.flushed)
-				XLogFlush(GetXLogInsertRecPtr());
+				XLogFlush(inserted_wal_end());
 			break;
 		}
 

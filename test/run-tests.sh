@@ -30,6 +30,14 @@
 #   ZDM_REGRESS="a b"          run only these pg_regress tests
 #   ZDM_PROVE_TESTS="test/t/010_x.pl"   run only these TAP files
 #   ZDM_KEEP_TMP=1             keep the temporary copy (see test/lib/common.sh)
+#   ZDM_SOURCE_INSTALLS="10=DIR ..."   migrate from these source servers
+#                              (DIR holds bin/ with initdb, pg_ctl, postgres)
+#                              instead of the cached 10 to 18
+#
+# Before the TAP pass it fetches (once; cached under /var/cache/pg_zdm) real
+# server binaries of every source major version 10 to 18 and hands their
+# directories to the tests in ZDM_SOURCE_INSTALLS (test/lib/servers.sh,
+# test/lib/ZdmSources.pm); test/t/030_source_versions.pl migrates from each.
 
 set -euo pipefail
 
@@ -117,11 +125,33 @@ expand_globs() {
 
 # Run one `make installcheck` pass as postgres in the work directory, logging
 # to $1, with the make variable overrides that follow.  Returns make's status.
+# ZDM_SOURCE_INSTALLS passes through the cleaned environment to the TAP tests.
 run_installcheck() {
     local log=$1
     shift
     zdm_run_logged "$log" zdm_as_postgres_in "$ZDM_WORKDIR" \
+        env ZDM_SOURCE_INSTALLS="${ZDM_SOURCE_INSTALLS:-}" \
         make PG_CONFIG="$ZDM_PG_CONFIG" installcheck "$@"
+}
+
+# Make sure the source servers of every version the cross-version tests
+# migrate from are cached (test/lib/servers.sh), and export their
+# installation directories as ZDM_SOURCE_INSTALLS ("MAJOR=DIR ..."), unless
+# the caller set it (other servers, or fewer of them).
+source_installs() {
+    local major dir installs=()
+    if [[ -n ${ZDM_SOURCE_INSTALLS:-} ]]; then
+        export ZDM_SOURCE_INSTALLS
+        zdm_log "source servers for the cross-version tests (as given): $ZDM_SOURCE_INSTALLS"
+        return 0
+    fi
+    zdm_embedded_servers_all
+    for major in $ZDM_SOURCE_MAJORS; do
+        dir=$(zdm_embedded_server "$major")
+        installs+=("$major=$dir")
+    done
+    export ZDM_SOURCE_INSTALLS="${installs[*]}"
+    zdm_log "source servers for the cross-version tests: $ZDM_SOURCE_INSTALLS"
 }
 
 # Show a file under a banner, so it can be found in a long CI log.
@@ -251,6 +281,7 @@ test_target() {
     elif [[ -z $prove_tests ]]; then
         zdm_log "no TAP test files found"
     else
+        source_installs
         zdm_log "pass 2 on $ZDM_PG_VERSION: TAP tests (${prove_tests//$'\n'/ })"
         rc=0
         run_pass "TAP on $ZDM_PG_VERSION" "$ZDM_WORKDIR/installcheck-tap.log" \

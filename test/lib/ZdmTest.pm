@@ -18,20 +18,30 @@ our @EXPORT = qw(start_source start_target source_dsn init_migration
 # every output and the logs for it.
 our $PASSWORD = 'zdm-S3cret-pw';
 
-# start_source(name, extra_conf): a source cluster with wal_level = logical,
-# listening on 127.0.0.1 too, with role "migrator" (superuser, password
-# $PASSWORD, scram over TCP) and database "app".
+# start_source(name, extra_conf, install_path => dir): a source cluster
+# with wal_level = logical, listening on 127.0.0.1 too, with role
+# "migrator" (superuser, password $PASSWORD, scram over TCP) and database
+# "app".  install_path runs the servers of another installation (see
+# ZdmSources.pm), without the settings it does not know; up to PostgreSQL
+# 11 wal senders count against max_connections, which must exceed them and
+# the reserved connections.
 sub start_source
 {
-	my ($name, $extra) = @_;
-	my $node = PostgreSQL::Test::Cluster->new($name);
+	my ($name, $extra, %params) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name, %params);
 	$node->init(allows_streaming => 'logical');
+	if ($params{install_path})
+	{
+		require ZdmSources;
+		ZdmSources::forget_unknown_settings($node);
+	}
 	$node->append_conf('postgresql.conf', qq{
 listen_addresses = '127.0.0.1'
 password_encryption = 'scram-sha-256'
 max_replication_slots = 10
 max_wal_senders = 10
-} . ($extra // ''));
+} . ($node->pg_version < 12 ? "max_connections = 20\n" : '')
+	  . ($extra // ''));
 	# scram for TCP connections of the migrator, as a real source would ask
 	my $hba = $node->data_dir . '/pg_hba.conf';
 	my $old = PostgreSQL::Test::Utils::slurp_file($hba);
