@@ -476,6 +476,20 @@ check_publication_privilege(CheckContext *ctx, CheckResult *result)
 }
 
 /*
+ * truncate_replication: PostgreSQL 10 does not replicate TRUNCATE.  Only a
+ * row for such a source, like pg_upgrade's checks for one old release.
+ */
+static void
+check_truncate_replication(CheckContext *ctx, CheckResult *result)
+{
+	result->not_applicable = ctx->features.truncate_replicated;
+	result->ok = false;
+	result->detail = psprintf("PostgreSQL %s does not replicate TRUNCATE (from 11 it does): a TRUNCATE of a published table on the source after init leaves the table's rows on the target.",
+							  fact(ctx, FACT_VERSION));
+	result->hint = pstrdup("Do not TRUNCATE published tables on the source until the cutover (DELETE is replicated), or repeat each TRUNCATE on the target.");
+}
+
+/*
  * fence_locks: the cutover's fence locks every published table in one
  * transaction on the source.  The source's shared lock table holds about
  * max_locks_per_transaction * (max_connections + max_prepared_transactions)
@@ -495,21 +509,7 @@ check_fence_locks(CheckContext *ctx, CheckResult *result)
 
 	check_read_tables(ctx);
 	tables = list_length(ctx->published);
-	/*
- * truncate_replication: PostgreSQL 10 does not replicate TRUNCATE.  Only a
- * row for such a source, like pg_upgrade's checks for one old release.
- */
-static void
-check_truncate_replication(CheckContext *ctx, CheckResult *result)
-{
-	result->not_applicable = ctx->features.truncate_replicated;
-	result->ok = false;
-	result->detail = psprintf("PostgreSQL %s does not replicate TRUNCATE (from 11 it does): a TRUNCATE of a published table on the source after init leaves the table's rows on the target.",
-							  fact(ctx, FACT_VERSION));
-	result->hint = pstrdup("Do not TRUNCATE published tables on the source until the cutover (DELETE is replicated), or repeat each TRUNCATE on the target.");
-}
-
-/* smallest setting whose lock table is at least twice the fence */
+	/* smallest setting whose lock table is at least twice the fence */
 	needed = (2 * tables + slots - 1) / Max(slots, 1);
 	result->ok = 2 * tables <= capacity;
 	result->detail = psprintf("The cutover locks %lld published tables in one transaction on the source; its lock table holds max_locks_per_transaction * (max_connections + max_prepared_transactions) = %lld * %lld = %lld locks, and pg_zdm keeps half of them for the application.",
