@@ -33,4 +33,14 @@
 #define ZDM_APPLY_LEADER(alias) alias ".relid IS NULL"
 #endif
 
+/*
+ * The setting that bounds the replication origins a subscriber can track:
+ * its own from 18, max_replication_slots before.
+ */
+#if PG_VERSION_NUM >= 180000
+#define ZDM_ORIGINS_SETTING "max_active_replication_origins"
+#else
+#define ZDM_ORIGINS_SETTING "max_replication_slots"
+#endif
+
 #endif							/* ZDM_COMPAT_H */

@@ -415,7 +415,15 @@ target_with("max_logical_replication_workers = 1\n");
 init_refused('target with one logical replication worker', 'target_workers',
 	qr/This target has 1 free logical replication worker slots/);
 
-target_with("max_logical_replication_workers = 8\nmax_worker_processes = 2\n");
+# one replication origin, two needed (the subscription and a table
+# synchronization); the setting is max_active_replication_origins from 18
+my $origins_setting = $target->pg_version >= 18
+  ? 'max_active_replication_origins' : 'max_replication_slots';
+target_with("max_logical_replication_workers = 8\n$origins_setting = 1\n");
+init_refused('target with one replication origin', 'replication_origins',
+	qr/1 of $origins_setting = 1 replication origins are free/);
+
+target_with("$origins_setting = 10\nmax_worker_processes = 2\n");
 init_refused('target with two worker processes', 'target_workers',
 	qr/This target has \d+ free logical replication worker slots and 1 free background worker slots/);
 
