@@ -43,4 +43,15 @@
 #define ZDM_ORIGINS_SETTING "max_replication_slots"
 #endif
 
+/*
+ * The subscription's streaming option: parallel from 16 (18's default,
+ * off before): a large transaction reaches the target while it runs on
+ * the source, so the target applies it about a quarter sooner after its
+ * commit (README, "Subscription options on a PostgreSQL 16+ target").
+ * PostgreSQL 15 keeps its default.
+ */
+#if PG_VERSION_NUM >= 160000
+#define ZDM_SUBSCRIPTION_STREAMING "parallel"
+#endif
+
 #endif							/* ZDM_COMPAT_H */

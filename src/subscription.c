@@ -30,8 +30,8 @@
 /*
  * subscription_create: CREATE SUBSCRIPTION zdm_sub CONNECTION conninfo
  * PUBLICATION zdm_pub WITH (create_slot = false, slot_name = slot_name,
- * copy_data = copy_data), in the current transaction.  Its workers start
- * when that transaction commits.
+ * copy_data = copy_data[, streaming = parallel on 16 and later]), in the
+ * current transaction.  Its workers start when that transaction commits.
  */
 void
 subscription_create(const char *conninfo, const char *slot_name,
@@ -49,6 +49,11 @@ subscription_create(const char *conninfo, const char *slot_name,
 										   (Node *) makeString(pstrdup(slot_name)), -1),
 							   makeDefElem("copy_data",
 										   (Node *) makeBoolean(copy_data), -1));
+#ifdef ZDM_SUBSCRIPTION_STREAMING
+	stmt->options = lappend(stmt->options,
+							makeDefElem("streaming",
+										(Node *) makeString(ZDM_SUBSCRIPTION_STREAMING), -1));
+#endif
 	CreateSubscription(pstate, stmt, false);
 	CommandCounterIncrement();
 	free_parsestate(pstate);
