@@ -49,7 +49,9 @@ REVOKE ALL ON zdm.migration, zdm.event_log FROM PUBLIC;
 /*
  * zdm.check: every preflight check as a row, changing nothing on either side.
  * ok is false for a failed check; blocking says whether zdm.init refuses
- * because of it (the others are warnings worth reading).
+ * because of it (the others are warnings worth reading).  detail names at
+ * most 10 objects; objects lists every affected object, each one's quoted
+ * name followed, where the fix differs per object, by the statement to run.
  */
 CREATE FUNCTION zdm.check(source_dsn text,
                           ignore_missing boolean DEFAULT false,
@@ -58,7 +60,8 @@ CREATE FUNCTION zdm.check(source_dsn text,
                           OUT ok boolean,
                           OUT detail text,
                           OUT hint text,
-                          OUT blocking boolean)
+                          OUT blocking boolean,
+                          OUT objects text[])
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'zdm_check'
 LANGUAGE C VOLATILE;

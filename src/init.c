@@ -16,12 +16,14 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 
 #include "pg_zdm.h"
@@ -107,8 +109,11 @@ zdm_check(PG_FUNCTION_ARGS)
 	foreach(lc, checks)
 	{
 		CheckResult *c = lfirst(lc);
-		Datum		values[5];
-		bool		nulls[5] = {false, false, false, false, false};
+		Datum		values[6];
+		bool		nulls[6] = {false, false, false, false, false, false};
+		Datum	   *objects = palloc(sizeof(Datum) * Max(list_length(c->objects), 1));
+		ListCell   *olc;
+		int			nobjects = 0;
 
 		values[0] = CStringGetTextDatum(c->name);
 		values[1] = BoolGetDatum(c->ok);
@@ -118,6 +123,10 @@ zdm_check(PG_FUNCTION_ARGS)
 		else
 			nulls[3] = true;
 		values[4] = BoolGetDatum(c->blocking);
+		foreach(olc, c->objects)
+			objects[nobjects++] = CStringGetTextDatum((char *) lfirst(olc));
+		values[5] = PointerGetDatum(construct_array(objects, nobjects, TEXTOID,
+													-1, false, TYPALIGN_INT));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

@@ -6,7 +6,8 @@
  * pg_zdm runs on the target database and reaches the source with libpq.
  * The files split by responsibility: dsn.c (connection strings and keeping
  * the password out of every message), remote.c (interruptible libpq),
- * state.c (the migration row and the event log), checks.c, init.c,
+ * state.c (the migration row and the event log), checks.c and
+ * checks_schema.c (the preflight checks, sharing checks.h), init.c,
  * status.c, abort.c, subscription.c (the local subscription), source.c
  * (removing the migration's objects from the source), cutover.c
  * (the caller side of zdm.cutover), worker.c (the background worker that
@@ -121,15 +122,16 @@ extern void require_nonatomic(FunctionCallInfo fcinfo, const char *procname,
 							  const char *why);
 extern char *target_slot_name(void);
 
-/* checks.c */
+/* checks.c: one preflight check's outcome, a row of zdm.check */
 typedef struct CheckResult
 {
 	const char *name;
 	bool		ok;
 	bool		blocking;		/* zdm.init refuses when this fails */
 	int			sqlstate;		/* errcode zdm.init raises for it */
-	char	   *detail;
+	char	   *detail;			/* a summary, naming at most 10 objects */
 	char	   *hint;
+	List	   *objects;		/* every affected object (C strings) */
 } CheckResult;
 
 extern List *run_checks(PGconn *conn, bool ignore_missing, bool defer_copy,

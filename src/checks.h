@@ -1,0 +1,68 @@
+/*-------------------------------------------------------------------------
+ *
+ * checks.h
+ *		  What the files of the preflight checks share: checks.c (the list
+ *		  of checks, the server, role and settings checks) and checks_schema.c
+ *		  (tables, columns and constraints compared between the two sides).
+ *
+ * Every check is one function of type CheckFunction and one entry in the
+ * list in checks.c.  It reads what it needs through the CheckContext
+ * (queries run once and are shared) and fills in its CheckResult: ok, a
+ * detail that summarizes, a hint with the fix, and objects, every affected
+ * object by name (zdm.check shows them all).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PG_ZDM_CHECKS_H
+#define PG_ZDM_CHECKS_H
+
+#include "pg_zdm.h"
+
+/* Everything the checks share; filled in lazily, read by every check. */
+typedef struct CheckContext
+{
+	PGconn	   *conn;			/* the source */
+	SourceFeatures features;
+	bool		ignore_missing;
+	bool		defer_copy;
+	char	   *slot_name;		/* the slot init would create */
+	int			needed;			/* slots, senders, workers: 1, 2 with a copy */
+	RemoteResult *facts;		/* one row of server facts (checks.c) */
+
+	/* the source tables, read by check_read_tables() */
+	bool		tables_read;
+	RemoteResult *tables;		/* permanent and unlogged ordinary tables */
+	bool	   *present;		/* tables row i exists here */
+	List	   *missing;		/* source tables missing here (names) */
+	List	   *unlogged;		/* unlogged source tables (names) */
+	List	   *published;		/* tables init would publish (names) */
+	List	   *copied;			/* published and present here (names) */
+	List	   *copied_nsp;		/* the same, schema and name apart */
+	List	   *copied_rel;
+	bool		all_owned;		/* the source role owns every published table */
+
+	/* the columns compared, by check_compare_columns() */
+	bool		columns_compared;
+	List	   *missing_columns;	/* source columns missing here */
+	List	   *retyped_columns;	/* columns with another type here */
+} CheckContext;
+
+typedef void (*CheckFunction) (CheckContext *ctx, CheckResult *result);
+
+/* checks.c */
+extern bool check_superuser(CheckContext *ctx);
+extern char *check_summary(List *names);
+extern Datum check_text_array(List *items);
+extern Datum check_int4_array(List *items);
+extern char *check_qualified(const char *schema, const char *name);
+
+/* checks_schema.c */
+extern void check_read_tables(CheckContext *ctx);
+extern void check_missing_tables(CheckContext *ctx, CheckResult *result);
+extern void check_replica_identity(CheckContext *ctx, CheckResult *result);
+extern void check_missing_columns(CheckContext *ctx, CheckResult *result);
+extern void check_column_types(CheckContext *ctx, CheckResult *result);
+extern void check_target_tables_empty(CheckContext *ctx, CheckResult *result);
+extern void check_unlogged_tables(CheckContext *ctx, CheckResult *result);
+
+#endif							/* PG_ZDM_CHECKS_H */
