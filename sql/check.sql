@@ -30,3 +30,16 @@ SELECT count(*) AS subscriptions FROM pg_subscription;
 SELECT on_source('DROP TABLE chk_only_on_source, chk_no_key, chk_unlogged');
 SELECT from_source('SELECT count(lo_unlink(oid))::text FROM pg_largeobject_metadata') AS large_objects_removed;
 SELECT on_both('DROP TABLE chk_items');
+
+-- Every affected object is named: the detail names 10, objects all of them.
+SELECT on_source($q$DO $$ BEGIN FOR i IN 1 .. 12 LOOP
+  EXECUTE format('CREATE TABLE chk_many_%s (id int PRIMARY KEY)', i); END LOOP; END $$$q$);
+SELECT detail, cardinality(objects) AS objects FROM zdm.check(source_dsn())
+WHERE name = 'missing_tables';
+SELECT unnest(objects) AS missing FROM zdm.check(source_dsn())
+WHERE name = 'missing_tables';
+SELECT on_source($q$DO $$ BEGIN FOR i IN 1 .. 12 LOOP
+  EXECUTE format('DROP TABLE chk_many_%s', i); END LOOP; END $$$q$);
+
+-- Nothing was created anywhere.
+SELECT source_objects();

@@ -249,7 +249,7 @@ check_summary(List *names)
 		n++;
 	}
 	if (list_length(names) > MAX_LISTED)
-		appendStringInfo(&buf, " and %d more",
+		appendStringInfo(&buf, " and %d more (the objects column of zdm.check lists them all)",
 						 list_length(names) - MAX_LISTED);
 	return buf.data;
 }
