@@ -41,5 +41,27 @@ WHERE name = 'missing_tables';
 SELECT on_source($q$DO $$ BEGIN FOR i IN 1 .. 12 LOOP
   EXECUTE format('DROP TABLE chk_many_%s', i); END LOOP; END $$$q$);
 
+-- A partitioned table here holds its rows in its partitions.
+SELECT on_both('CREATE TABLE chk_filled (id int PRIMARY KEY) PARTITION BY RANGE (id)');
+SELECT on_both('CREATE TABLE chk_filled_1 PARTITION OF chk_filled FOR VALUES FROM (0) TO (100)');
+INSERT INTO chk_filled VALUES (1);
+SELECT ok, blocking, detail, objects FROM zdm.check(source_dsn())
+WHERE name = 'target_tables_empty';
+SELECT on_both('DROP TABLE chk_filled');
+
+-- 1000 tables with rows here: no statement grows with the number of tables
+-- (with one UNION ALL of them all, a small max_stack_depth is exceeded).
+SELECT on_both($q$DO $$ BEGIN FOR i IN 1 .. 1000 LOOP
+  EXECUTE format('CREATE TABLE chk_scale_%s (id int PRIMARY KEY)', i); END LOOP; END $$$q$);
+DO $$ BEGIN FOR i IN 1 .. 1000 LOOP
+  EXECUTE format('INSERT INTO chk_scale_%s VALUES (1)', i); END LOOP; END $$;
+SET max_stack_depth = '100kB';
+SELECT ok, blocking, cardinality(objects) AS tables_with_rows, detail
+FROM zdm.check(source_dsn())
+WHERE name = 'target_tables_empty';
+RESET max_stack_depth;
+SELECT on_both($q$DO $$ BEGIN FOR i IN 1 .. 1000 LOOP
+  EXECUTE format('DROP TABLE chk_scale_%s', i); END LOOP; END $$$q$);
+
 -- Nothing was created anywhere.
 SELECT source_objects();

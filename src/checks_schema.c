@@ -301,40 +301,123 @@ check_column_types(CheckContext *ctx, CheckResult *result)
 	result->hint = pstrdup("Replication converts values through their text form; make sure every source value is valid for the target type.");
 }
 
+/* At most this many tables are read by one statement. */
+#define TABLES_PER_STATEMENT	100
+
 /*
  * Tables here that already hold rows: the initial copy would add the
- * source's rows to them and fail on the first duplicate key.
+ * source's rows to them and fail on the first duplicate key.  A partitioned
+ * table holds the rows of its leaf partitions.  One query finds the leaves
+ * that have any storage at all (a table never written to has none); only
+ * those are read, at most TABLES_PER_STATEMENT of them per statement, so
+ * that no statement grows with the number of tables.  Returns the names of
+ * the tables to copy (as given in ctx->copied) that hold rows, each with
+ * the partitions that hold them.
  */
 static List *
-tables_with_rows(List *tables)
+tables_with_rows(CheckContext *ctx)
 {
-	StringInfoData sql;
-	ListCell   *lc;
+	Oid			types[2] = {TEXTARRAYOID, TEXTARRAYOID};
+	Datum		values[2];
+	List	   *tables = NIL;
+	List	   *leaves = NIL;
 	List	   *filled = NIL;
+	char	   *last = NULL;
+	bool		last_hit = false;
+	bool	   *hit;
+	StringInfoData partitions;
 	MemoryContext outer = CurrentMemoryContext;
 	MemoryContext oldcxt;
 	uint64		i;
 
-	if (tables == NIL)
+	if (ctx->copied == NIL)
 		return NIL;
-	initStringInfo(&sql);
-	foreach(lc, tables)
-	{
-		char	   *name = lfirst(lc);
+	values[0] = check_text_array(ctx->copied_nsp);
+	values[1] = check_text_array(ctx->copied_rel);
 
-		if (sql.len > 0)
-			appendStringInfoString(&sql, " UNION ALL ");
-		appendStringInfo(&sql, "SELECT %s WHERE EXISTS (SELECT 1 FROM ONLY %s)",
-						 quote_literal_cstr(name), name);
-	}
 	SPI_connect();
-	if (zdm_spi_execute(sql.data, 0, NULL, NULL, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not look for rows in the target tables");
-	oldcxt = MemoryContextSwitchTo(outer);
+	if (zdm_spi_execute("SELECT pg_catalog.quote_ident(s.nsp) OPERATOR(pg_catalog.||) '.' "
+						"         OPERATOR(pg_catalog.||) pg_catalog.quote_ident(s.rel), "
+						"       l.relid::pg_catalog.regclass::pg_catalog.text, "
+						"       l.relid OPERATOR(pg_catalog.<>) c.oid "
+						"FROM unnest($1, $2) WITH ORDINALITY AS s(nsp, rel, i) "
+						"JOIN pg_catalog.pg_namespace n ON n.nspname = s.nsp "
+						"JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid "
+						"  AND c.relname = s.rel AND c.relkind IN ('r', 'p') "
+						"CROSS JOIN LATERAL ("
+						"  SELECT c.oid::pg_catalog.regclass WHERE c.relkind = 'r' "
+						"  UNION ALL "
+						"  SELECT t.relid FROM pg_catalog.pg_partition_tree(c.oid) t "
+						"   WHERE c.relkind = 'p' AND t.isleaf) AS l(relid) "
+						"WHERE pg_catalog.pg_relation_size(l.relid) OPERATOR(pg_catalog.>) 0 "
+						"ORDER BY s.i, 2",
+						2, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not list the target tables that have storage");
 	for (i = 0; i < SPI_processed; i++)
-		filled = lappend(filled,
-						 SPI_getvalue(SPI_tuptable->vals[i],
-									  SPI_tuptable->tupdesc, 1));
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *leaf = SPI_getvalue(tup, desc, 2);
+
+		tables = lappend(tables, SPI_getvalue(tup, desc, 1));
+		leaves = lappend(leaves, strcmp(SPI_getvalue(tup, desc, 3), "t") == 0 ?
+						 leaf : NULL);
+	}
+
+	/* read each candidate, TABLES_PER_STATEMENT at a time */
+	hit = palloc0(sizeof(bool) * Max(list_length(tables), 1));
+	for (i = 0; i < list_length(tables); i += TABLES_PER_STATEMENT)
+	{
+		StringInfoData sql;
+		uint64		j;
+
+		initStringInfo(&sql);
+		for (j = i; j < Min(i + TABLES_PER_STATEMENT, list_length(tables)); j++)
+		{
+			char	   *leaf = list_nth(leaves, j);
+
+			if (sql.len > 0)
+				appendStringInfoString(&sql, " UNION ALL ");
+			appendStringInfo(&sql, "SELECT %d WHERE EXISTS (SELECT 1 FROM ONLY %s)",
+							 (int) j, leaf ? leaf : (char *) list_nth(tables, j));
+		}
+		if (zdm_spi_execute(sql.data, 0, NULL, NULL, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not look for rows in the target tables");
+		for (j = 0; j < SPI_processed; j++)
+			hit[atoi(SPI_getvalue(SPI_tuptable->vals[j],
+								  SPI_tuptable->tupdesc, 1))] = true;
+		pfree(sql.data);
+	}
+
+	/* one entry per table, naming the partitions that hold rows */
+	oldcxt = MemoryContextSwitchTo(outer);
+	initStringInfo(&partitions);
+	for (i = 0; i <= list_length(tables); i++)
+	{
+		char	   *table = i < list_length(tables) ? list_nth(tables, i) : NULL;
+
+		if (last != NULL && (table == NULL || strcmp(last, table) != 0))
+		{
+			if (last_hit)
+				filled = lappend(filled, partitions.len > 0 ?
+								 psprintf("%s (rows in partition %s)", last, partitions.data) :
+								 pstrdup(last));
+			resetStringInfo(&partitions);
+			last_hit = false;
+		}
+		if (table == NULL)
+			break;
+		last = table;
+		if (hit[i])
+		{
+			char	   *leaf = list_nth(leaves, i);
+
+			last_hit = true;
+			if (leaf)
+				appendStringInfo(&partitions, "%s%s",
+								 partitions.len > 0 ? ", " : "", leaf);
+		}
+	}
 	MemoryContextSwitchTo(oldcxt);
 	SPI_finish();
 	return filled;
@@ -347,7 +430,7 @@ check_target_tables_empty(CheckContext *ctx, CheckResult *result)
 
 	check_read_tables(ctx);
 	if (!ctx->defer_copy)
-		filled = tables_with_rows(ctx->copied);
+		filled = tables_with_rows(ctx);
 	result->ok = filled == NIL;
 	result->objects = filled;
 	result->detail = ctx->defer_copy ?
