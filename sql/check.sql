@@ -41,6 +41,30 @@ WHERE name = 'missing_tables';
 SELECT on_source($q$DO $$ BEGIN FOR i IN 1 .. 12 LOOP
   EXECUTE format('DROP TABLE chk_many_%s', i); END LOOP; END $$$q$);
 
+-- Replica identity: a DEFERRABLE key cannot identify rows; FULL needs an
+-- equality operator for every column type (asked of the catalog, through
+-- domains and arrays); each table gets a statement that works for it.
+CREATE DOMAIN chk_pt AS point;
+SELECT on_source('CREATE DOMAIN chk_pt AS point');
+SELECT on_both('CREATE TABLE chk_deferrable (id int PRIMARY KEY DEFERRABLE, v int)');
+SELECT on_both('CREATE TABLE chk_deferrable_unique (id int PRIMARY KEY DEFERRABLE, code text NOT NULL UNIQUE)');
+SELECT on_both('CREATE TABLE chk_keyless (a int, b text[], c varchar(3))');
+SELECT on_both('CREATE TABLE chk_keyless_json (a int, j json)');
+SELECT on_both('CREATE TABLE chk_full_point (a int, p chk_pt[])');
+SELECT on_source('ALTER TABLE chk_full_point REPLICA IDENTITY FULL');
+SELECT on_both('CREATE TABLE chk_full_jsonb (a int, j jsonb)');
+SELECT on_source('ALTER TABLE chk_full_jsonb REPLICA IDENTITY FULL');
+-- FULL with a json column on the source, but a primary key here: fine
+SELECT on_source('CREATE TABLE chk_full_keyed_here (id int, j json)');
+SELECT on_source('ALTER TABLE chk_full_keyed_here REPLICA IDENTITY FULL');
+CREATE TABLE chk_full_keyed_here (id int PRIMARY KEY, j json);
+SELECT ok, blocking, detail, hint FROM zdm.check(source_dsn())
+WHERE name = 'replica_identity';
+SELECT unnest(objects) AS replica_identity FROM zdm.check(source_dsn())
+WHERE name = 'replica_identity';
+SELECT on_both('DROP TABLE chk_deferrable, chk_deferrable_unique, chk_keyless, chk_keyless_json, chk_full_point, chk_full_jsonb, chk_full_keyed_here');
+SELECT on_both('DROP DOMAIN chk_pt');
+
 -- A partitioned table here holds its rows in its partitions.
 SELECT on_both('CREATE TABLE chk_filled (id int PRIMARY KEY) PARTITION BY RANGE (id)');
 SELECT on_both('CREATE TABLE chk_filled_1 PARTITION OF chk_filled FOR VALUES FROM (0) TO (100)');

@@ -22,9 +22,6 @@
 /* Tables FOR ALL TABLES would publish, plus unlogged ones (not replicated). */
 static const char *source_tables_sql =
 "SELECT n.nspname, c.relname, c.relpersistence, "
-"       c.relreplident = 'f' OR EXISTS (SELECT 1 FROM pg_index i "
-"         WHERE i.indrelid = c.oid AND ((c.relreplident = 'd' AND i.indisprimary) "
-"           OR (c.relreplident = 'i' AND i.indisreplident))), "
 "       pg_has_role(c.relowner, 'USAGE') "
 "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
 "WHERE c.relkind = 'r' AND c.relpersistence IN ('p', 'u') "
@@ -38,7 +35,6 @@ enum
 	TABLE_SCHEMA,
 	TABLE_NAME,
 	TABLE_PERSISTENCE,
-	TABLE_HAS_IDENTITY,
 	TABLE_OWNED
 };
 
@@ -167,32 +163,194 @@ check_missing_tables(CheckContext *ctx, CheckResult *result)
 	result->hint = pstrdup("Create them on the target first (pg_dump --schema-only on the source, then psql on the target), or pass ignore_missing => true to leave them out.");
 }
 
+/*
+ * Published tables without a replica identity that logical replication can
+ * use: none, NOTHING, a DEFERRABLE primary key (PostgreSQL ignores it), or
+ * FULL with a column whose type has no default btree or hash equality
+ * operator (the apply worker cannot find rows; asked of the catalog: the
+ * base type of a domain, the element type of an array, every field of a
+ * composite type).  Also returns a unique, immediate, non-partial index on
+ * NOT NULL columns that REPLICA IDENTITY USING INDEX would accept.
+ */
+static const char *source_identity_sql =
+"WITH RECURSIVE "
+"tabs AS ("
+"  SELECT c.oid, n.nspname, c.relname, c.relreplident "
+"  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+"  WHERE c.relkind = 'r' AND c.relpersistence = 'p' "
+"    AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+"    AND n.nspname !~ '^pg_'), "
+"parts(top, typ) AS ("
+"  SELECT DISTINCT a.atttypid, a.atttypid "
+"  FROM tabs JOIN pg_attribute a ON a.attrelid = tabs.oid "
+"  WHERE a.attnum > 0 AND NOT a.attisdropped "
+"  UNION "
+"  SELECT p.top, x.typ FROM parts p JOIN pg_type t ON t.oid = p.typ "
+"  CROSS JOIN LATERAL ("
+"    SELECT t.typbasetype WHERE t.typtype = 'd' "
+"    UNION ALL SELECT t.typelem "
+"     WHERE t.typtype <> 'd' AND t.typelem <> 0 AND t.typlen = -1 "
+"    UNION ALL SELECT a.atttypid FROM pg_attribute a "
+"     WHERE t.typtype = 'c' AND a.attrelid = t.typrelid "
+"       AND a.attnum > 0 AND NOT a.attisdropped) AS x(typ)), "
+"noeq AS ("
+"  SELECT DISTINCT p.top FROM parts p JOIN pg_type t ON t.oid = p.typ "
+"  WHERE t.typtype NOT IN ('d', 'c') AND NOT (t.typelem <> 0 AND t.typlen = -1) "
+"    AND NOT EXISTS (SELECT 1 FROM pg_opclass oc "
+"      JOIN pg_am am ON am.oid = oc.opcmethod "
+"      JOIN pg_type ot ON ot.oid = oc.opcintype "
+"      WHERE oc.opcdefault AND am.amname IN ('btree', 'hash') "
+"        AND (oc.opcintype = t.oid "
+"          OR ot.typname = 'any' || CASE t.typtype WHEN 'e' THEN 'enum' "
+"               WHEN 'r' THEN 'range' WHEN 'm' THEN 'multirange' END "
+"          OR EXISTS (SELECT 1 FROM pg_cast k WHERE k.castsource = t.oid "
+"               AND k.casttarget = oc.opcintype AND k.castmethod = 'b')))), "
+"problems AS ("
+"  SELECT t.*, "
+"    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = t.oid "
+"      AND i.indisprimary AND NOT i.indimmediate) AS deferrable_key, "
+"    (SELECT quote_ident(ci.relname) FROM pg_index i "
+"      JOIN pg_class ci ON ci.oid = i.indexrelid "
+"      WHERE i.indrelid = t.oid AND i.indisunique AND i.indimmediate "
+"        AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL "
+"        AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = t.oid "
+"          AND a.attnum = ANY (i.indkey) AND NOT a.attnotnull) "
+"      ORDER BY i.indisprimary DESC, ci.relname LIMIT 1) AS candidate, "
+"    ARRAY(SELECT quote_ident(a.attname) || ' (' || format_type(a.atttypid, a.atttypmod) || ')' "
+"      FROM pg_attribute a WHERE a.attrelid = t.oid AND a.attnum > 0 "
+"        AND NOT a.attisdropped AND a.atttypid IN (SELECT top FROM noeq) "
+"      ORDER BY a.attnum) AS noeq_columns "
+"  FROM tabs t "
+"  WHERE NOT (t.relreplident = 'd' AND EXISTS (SELECT 1 FROM pg_index i "
+"      WHERE i.indrelid = t.oid AND i.indisprimary AND i.indimmediate)) "
+"    AND NOT (t.relreplident = 'i' AND EXISTS (SELECT 1 FROM pg_index i "
+"      WHERE i.indrelid = t.oid AND i.indisreplident AND i.indimmediate))) "
+"SELECT nspname, relname, relreplident, deferrable_key, candidate, "
+"       array_to_string(noeq_columns, ', ') "
+"FROM problems "
+"WHERE relreplident <> 'f' OR cardinality(noeq_columns) > 0 "
+"ORDER BY 1, 2";
+
+/*
+ * Of the source tables with REPLICA IDENTITY FULL and a column without
+ * equality (full[i]), those that have a primary key or replica identity
+ * index here are fine: the apply worker finds rows by that index.  Of the
+ * others, with ignore_missing, those missing here are not published.
+ * Returns whether each of them is a problem.
+ */
+static bool *
+identity_problems_here(CheckContext *ctx, RemoteResult *res, bool *full)
+{
+	List	   *nsps = NIL;
+	List	   *rels = NIL;
+	bool	   *problem = palloc(sizeof(bool) * Max(res->ntuples, 1));
+	Oid			types[2] = {TEXTARRAYOID, TEXTARRAYOID};
+	Datum		values[2];
+	int			row;
+	uint64		i;
+
+	for (row = 0; row < res->ntuples; row++)
+	{
+		nsps = lappend(nsps, (char *) remote_value(res, row, 0));
+		rels = lappend(rels, (char *) remote_value(res, row, 1));
+		problem[row] = true;
+	}
+	values[0] = check_text_array(nsps);
+	values[1] = check_text_array(rels);
+
+	SPI_connect();
+	if (zdm_spi_execute("SELECT s.i::pg_catalog.int4 OPERATOR(pg_catalog.-) 1, "
+						"       c.oid IS NOT NULL, "
+						"       EXISTS (SELECT 1 FROM pg_catalog.pg_index i "
+						"         WHERE i.indrelid OPERATOR(pg_catalog.=) c.oid AND i.indimmediate "
+						"           AND (i.indisprimary OR i.indisreplident)) "
+						"FROM unnest($1, $2) WITH ORDINALITY AS s(nsp, rel, i) "
+						"LEFT JOIN (pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+						"  ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
+						"  AND c.relkind IN ('r', 'p')) "
+						"  ON n.nspname OPERATOR(pg_catalog.=) s.nsp "
+						"  AND c.relname OPERATOR(pg_catalog.=) s.rel",
+						2, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up the replica identities of the target tables");
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		int			idx = atoi(SPI_getvalue(tup, desc, 1));
+		bool		here = strcmp(SPI_getvalue(tup, desc, 2), "t") == 0;
+		bool		keyed = strcmp(SPI_getvalue(tup, desc, 3), "t") == 0;
+
+		if (ctx->ignore_missing && !here)
+			problem[idx] = false;
+		else if (full[idx] && keyed)
+			problem[idx] = false;
+	}
+	SPI_finish();
+	return problem;
+}
+
 void
 check_replica_identity(CheckContext *ctx, CheckResult *result)
 {
+	RemoteResult *res;
 	List	   *names = NIL;
+	bool	   *full;
+	bool	   *problem;
 	int			row;
 	int			n;
 
-	check_read_tables(ctx);
-	for (row = 0; row < ctx->tables->ntuples; row++)
+	res = remote_query(ctx->conn, source_identity_sql, 0, NULL,
+					   "reading the replica identities of the source tables");
+	full = palloc0(sizeof(bool) * Max(res->ntuples, 1));
+	for (row = 0; row < res->ntuples; row++)
+		full[row] = strcmp(remote_value(res, row, 2), "f") == 0;
+	problem = identity_problems_here(ctx, res, full);
+
+	for (row = 0; row < res->ntuples; row++)
 	{
-		if (strcmp(remote_value(ctx->tables, row, TABLE_PERSISTENCE), "p") != 0 ||
-			(ctx->ignore_missing && !ctx->present[row]))
+		char	   *table = check_qualified(remote_value(res, row, 0),
+											remote_value(res, row, 1));
+		const char *ident = remote_value(res, row, 2);
+		const char *candidate = remote_value(res, row, 4);
+		const char *noeq = remote_value(res, row, 5);
+		const char *why;
+		char	   *fix;
+
+		if (!problem[row])
 			continue;
-		if (strcmp(remote_value(ctx->tables, row, TABLE_HAS_IDENTITY), "f") == 0)
-			names = lappend(names,
-							check_qualified(remote_value(ctx->tables, row, TABLE_SCHEMA),
-											remote_value(ctx->tables, row, TABLE_NAME)));
+		if (full[row])
+			why = psprintf("REPLICA IDENTITY FULL, but no equality operator for %s", noeq);
+		else if (strcmp(remote_value(res, row, 3), "t") == 0)
+			why = "its primary key is DEFERRABLE, which cannot identify rows";
+		else if (strcmp(ident, "n") == 0)
+			why = "REPLICA IDENTITY NOTHING";
+		else if (strcmp(ident, "i") == 0)
+			why = "its replica identity index is gone or DEFERRABLE";
+		else
+			why = "no primary key or replica identity";
+
+		if (candidate != NULL)
+			fix = psprintf("ALTER TABLE %s REPLICA IDENTITY USING INDEX %s",
+						   table, candidate);
+		else if (noeq[0] == '\0')
+			fix = psprintf("ALTER TABLE %s REPLICA IDENTITY FULL", table);
+		else
+			fix = psprintf("REPLICA IDENTITY FULL cannot work (no equality operator for %s): "
+						   "add a key on both sides, e.g. ALTER TABLE %s ADD COLUMN zdm_id bigint "
+						   "GENERATED ALWAYS AS IDENTITY PRIMARY KEY, or leave the table out "
+						   "(drop it on the target and pass ignore_missing => true)",
+						   noeq, table);
+		names = lappend(names, table);
+		result->objects = lappend(result->objects,
+								  psprintf("%s (%s): %s", table, why, fix));
 	}
 	n = list_length(names);
 	result->ok = n == 0;
-	result->objects = names;
 	result->detail = n == 0 ?
-		pstrdup("Every published table has a primary key or replica identity.") :
-		psprintf("Once published, UPDATE and DELETE would fail on the source for %d table%s without primary key or replica identity: %s.",
-				 n, n == 1 ? "" : "s", check_summary(names));
-	result->hint = pstrdup("On the source, add a primary key, or run ALTER TABLE ... REPLICA IDENTITY FULL on each of them.");
+		pstrdup("Every published table has a replica identity that logical replication can use.") :
+		psprintf("%d published table%s no replica identity that logical replication can use; UPDATE and DELETE would fail on the source or stop the apply worker here: %s.",
+				 n, n == 1 ? " has" : "s have", check_summary(names));
+	result->hint = pstrdup("Run on the source the statement given for each table in the objects column of zdm.check: REPLICA IDENTITY USING INDEX where a unique, non-deferrable index on NOT NULL columns exists, REPLICA IDENTITY FULL only where every column type has an equality operator; otherwise add a key column on both sides or leave the table out.");
 }
 
 /*
