@@ -65,6 +65,15 @@ WHERE name = 'replica_identity';
 SELECT on_both('DROP TABLE chk_deferrable, chk_deferrable_unique, chk_keyless, chk_keyless_json, chk_full_point, chk_full_jsonb, chk_full_keyed_here');
 SELECT on_both('DROP DOMAIN chk_pt');
 
+-- Generated columns: generated on one side only.
+SELECT on_source('CREATE TABLE chk_gen (id int PRIMARY KEY, a int, b int GENERATED ALWAYS AS (a * 2) STORED, c int)');
+CREATE TABLE chk_gen (id int PRIMARY KEY, a int, b int, c int GENERATED ALWAYS AS (a + 1) STORED);
+SELECT ok, blocking, detail, hint FROM zdm.check(source_dsn())
+WHERE name = 'generated_columns';
+SELECT unnest(objects) AS generated_columns FROM zdm.check(source_dsn())
+WHERE name = 'generated_columns';
+SELECT on_both('DROP TABLE chk_gen');
+
 -- A partitioned table here holds its rows in its partitions.
 SELECT on_both('CREATE TABLE chk_filled (id int PRIMARY KEY) PARTITION BY RANGE (id)');
 SELECT on_both('CREATE TABLE chk_filled_1 PARTITION OF chk_filled FOR VALUES FROM (0) TO (100)');

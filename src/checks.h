@@ -45,6 +45,8 @@ typedef struct CheckContext
 	bool		columns_compared;
 	List	   *missing_columns;	/* source columns missing here */
 	List	   *retyped_columns;	/* columns with another type here */
+	List	   *generated_columns;	/* generated here only, with the fix */
+	List	   *generated_names;	/* the same columns' names */
 } CheckContext;
 
 typedef void (*CheckFunction) (CheckContext *ctx, CheckResult *result);
@@ -64,5 +66,6 @@ extern void check_missing_columns(CheckContext *ctx, CheckResult *result);
 extern void check_column_types(CheckContext *ctx, CheckResult *result);
 extern void check_target_tables_empty(CheckContext *ctx, CheckResult *result);
 extern void check_unlogged_tables(CheckContext *ctx, CheckResult *result);
+extern void check_generated_columns(CheckContext *ctx, CheckResult *result);
 
 #endif							/* PG_ZDM_CHECKS_H */

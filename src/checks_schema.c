@@ -394,7 +394,10 @@ compare_columns(CheckContext *ctx)
 	SPI_connect();
 	if (zdm_spi_execute("SELECT s.nsp, s.rel, s.col, s.display, "
 						"       a.attname IS NULL, "
-						"       pg_catalog.format_type(a.atttypid, a.atttypmod) "
+						"       pg_catalog.format_type(a.atttypid, a.atttypmod), "
+						"       a.attgenerated <> '', "
+						"       tn.nspname || '.' || t.typname <> s.typ "
+						"         OR a.atttypmod <> s.typmod "
 						"FROM unnest($1, $2, $3, $4, $5, $6) "
 						"     AS s(nsp, rel, col, typ, typmod, display) "
 						"JOIN pg_catalog.pg_namespace n ON n.nspname = s.nsp "
@@ -406,7 +409,8 @@ compare_columns(CheckContext *ctx)
 						"LEFT JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace "
 						"WHERE a.attname IS NULL "
 						"   OR tn.nspname || '.' || t.typname <> s.typ "
-						"   OR a.atttypmod <> s.typmod",
+						"   OR a.atttypmod <> s.typmod "
+						"   OR a.attgenerated <> ''",
 						6, types, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not compare the source columns with the target");
 	oldcxt = MemoryContextSwitchTo(outer);
@@ -419,9 +423,20 @@ compare_columns(CheckContext *ctx)
 		const char *column = quote_identifier(SPI_getvalue(tup, desc, 3));
 
 		if (strcmp(SPI_getvalue(tup, desc, 5), "t") == 0)
+		{
 			ctx->missing_columns = lappend(ctx->missing_columns,
 										   psprintf("%s.%s", table, column));
-		else
+			continue;
+		}
+		if (strcmp(SPI_getvalue(tup, desc, 7), "t") == 0)
+		{
+			ctx->generated_names = lappend(ctx->generated_names,
+										   psprintf("%s.%s", table, column));
+			ctx->generated_columns = lappend(ctx->generated_columns,
+											 psprintf("%s.%s (generated here, not on the source): ALTER TABLE %s ALTER COLUMN %s DROP EXPRESSION",
+													  table, column, table, column));
+		}
+		if (strcmp(SPI_getvalue(tup, desc, 8), "t") == 0)
 			ctx->retyped_columns = lappend(ctx->retyped_columns,
 										   psprintf("%s.%s (%s on the source, %s here)",
 													table, column,
@@ -610,4 +625,111 @@ check_unlogged_tables(CheckContext *ctx, CheckResult *result)
 		psprintf("Unlogged tables are not replicated: %s.",
 				 check_summary(ctx->unlogged));
 	result->hint = pstrdup("Copy their contents by hand after the cutover, or make them logged (ALTER TABLE ... SET LOGGED) before init.");
+}
+
+/*
+ * Stored generated columns of the source (12 and later): not replicated;
+ * the target must compute them itself.
+ */
+static const char *source_generated_sql =
+"SELECT n.nspname, c.relname, a.attname, "
+"       format_type(a.atttypid, a.atttypmod), pg_get_expr(d.adbin, d.adrelid) "
+"FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+"JOIN pg_namespace n ON n.oid = c.relnamespace "
+"JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+"WHERE c.relkind = 'r' AND c.relpersistence = 'p' "
+"  AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+"  AND n.nspname !~ '^pg_' "
+"  AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = 's' "
+"ORDER BY 1, 2, a.attnum";
+
+/*
+ * Source columns that are stored generated there and plain here: the
+ * initial copy and the apply worker leave them NULL.
+ */
+static List *
+generated_on_source_only(CheckContext *ctx, List **names)
+{
+	RemoteResult *res;
+	List	   *lists[5] = {NIL, NIL, NIL, NIL, NIL};
+	Oid			types[5] = {TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+	TEXTARRAYOID, TEXTARRAYOID};
+	Datum		values[5];
+	List	   *found = NIL;
+	MemoryContext outer = CurrentMemoryContext;
+	MemoryContext oldcxt;
+	int			row;
+	int			i;
+	uint64		r;
+
+	if (!ctx->features.generated_columns)
+		return NIL;				/* no generated columns before 12 */
+	res = remote_query(ctx->conn, source_generated_sql, 0, NULL,
+					   "listing the generated columns of the source");
+	if (res->ntuples == 0)
+		return NIL;
+	for (row = 0; row < res->ntuples; row++)
+		for (i = 0; i < 5; i++)
+			lists[i] = lappend(lists[i], (char *) remote_value(res, row, i));
+	for (i = 0; i < 5; i++)
+		values[i] = check_text_array(lists[i]);
+
+	SPI_connect();
+	if (zdm_spi_execute("SELECT s.nsp, s.rel, s.col, s.typ, s.expr "
+						"FROM unnest($1, $2, $3, $4, $5) WITH ORDINALITY "
+						"     AS s(nsp, rel, col, typ, expr, i) "
+						"JOIN pg_catalog.pg_namespace n ON n.nspname = s.nsp "
+						"JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid "
+						"  AND c.relname = s.rel AND c.relkind IN ('r', 'p') "
+						"JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid "
+						"  AND a.attname = s.col AND a.attnum > 0 AND NOT a.attisdropped "
+						"WHERE a.attgenerated = '' "
+						"ORDER BY s.i",
+						5, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not compare the generated columns of the source with the target");
+	oldcxt = MemoryContextSwitchTo(outer);
+	for (r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *table = check_qualified(SPI_getvalue(tup, desc, 1),
+											SPI_getvalue(tup, desc, 2));
+		const char *column = quote_identifier(SPI_getvalue(tup, desc, 3));
+
+		*names = lappend(*names, psprintf("%s.%s", table, column));
+		found = lappend(found,
+						psprintf("%s.%s (generated on the source, plain here): "
+								 "ALTER TABLE %s DROP COLUMN %s, ADD COLUMN %s %s GENERATED ALWAYS AS (%s) STORED",
+								 table, column, table, column, column,
+								 SPI_getvalue(tup, desc, 4),
+								 SPI_getvalue(tup, desc, 5)));
+	}
+	MemoryContextSwitchTo(oldcxt);
+	SPI_finish();
+	return found;
+}
+
+/*
+ * generated_columns: a stored generated column is not replicated (in 15):
+ * generated on the source and plain here, it stays NULL; plain on the
+ * source (or any column of a source before 12) and generated here, the
+ * copy fails for ever.
+ */
+void
+check_generated_columns(CheckContext *ctx, CheckResult *result)
+{
+	List	   *found;
+	List	   *names = NIL;
+
+	compare_columns(ctx);
+	found = list_concat(generated_on_source_only(ctx, &names),
+						ctx->generated_columns);
+	names = list_concat(names, ctx->generated_names);
+	result->ok = found == NIL;
+	result->objects = found;
+	result->detail = result->ok ?
+		pstrdup("Every generated column is generated on both sides.") :
+		psprintf("Columns generated on one side only (left NULL here, or the initial copy fails for ever): %s.",
+				 check_summary(names));
+	result->hint = pstrdup("Make each column generated on both sides or on neither, here: the objects column of zdm.check gives the statement for each.");
 }
