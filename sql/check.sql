@@ -74,6 +74,23 @@ SELECT unnest(objects) AS generated_columns FROM zdm.check(source_dsn())
 WHERE name = 'generated_columns';
 SELECT on_both('DROP TABLE chk_gen');
 
+-- CHECK constraints here that source rows may violate: NOT VALID here and
+-- on the source, absent on the source, a NOT VALID domain constraint.
+-- Validated on the source with the same definition: fine.
+SELECT on_both('CREATE DOMAIN chk_positive AS int');
+SELECT on_both('CREATE TABLE chk_con (id int PRIMARY KEY, a int, b int, c int, d chk_positive)');
+SELECT on_both('ALTER TABLE chk_con ADD CONSTRAINT chk_a CHECK (a > 0) NOT VALID');
+SELECT on_both('ALTER TABLE chk_con ADD CONSTRAINT chk_b CHECK (b > 0) NOT VALID');
+SELECT on_source('ALTER TABLE chk_con VALIDATE CONSTRAINT chk_b');
+ALTER TABLE chk_con ADD CONSTRAINT chk_c CHECK (c > 0);
+ALTER DOMAIN chk_positive ADD CONSTRAINT chk_positive_check CHECK (VALUE > 0) NOT VALID;
+SELECT ok, blocking, detail, hint FROM zdm.check(source_dsn())
+WHERE name = 'target_constraints';
+SELECT unnest(objects) AS target_constraints FROM zdm.check(source_dsn())
+WHERE name = 'target_constraints';
+SELECT on_both('DROP TABLE chk_con');
+SELECT on_both('DROP DOMAIN chk_positive');
+
 -- A partitioned table here holds its rows in its partitions.
 SELECT on_both('CREATE TABLE chk_filled (id int PRIMARY KEY) PARTITION BY RANGE (id)');
 SELECT on_both('CREATE TABLE chk_filled_1 PARTITION OF chk_filled FOR VALUES FROM (0) TO (100)');

@@ -124,6 +124,7 @@ static const CheckEntry check_list[] =
 	{"missing_columns", check_missing_columns, true, ERRCODE_UNDEFINED_COLUMN},
 	{"column_types", check_column_types, false, 0},
 	{"generated_columns", check_generated_columns, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
+	{"target_constraints", check_target_constraints, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
 	{"target_tables_empty", check_target_tables_empty, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
 	{"unlogged_tables", check_unlogged_tables, false, 0},
 	{"large_objects", check_large_objects, false, 0},

@@ -67,5 +67,6 @@ extern void check_column_types(CheckContext *ctx, CheckResult *result);
 extern void check_target_tables_empty(CheckContext *ctx, CheckResult *result);
 extern void check_unlogged_tables(CheckContext *ctx, CheckResult *result);
 extern void check_generated_columns(CheckContext *ctx, CheckResult *result);
+extern void check_target_constraints(CheckContext *ctx, CheckResult *result);
 
 #endif							/* PG_ZDM_CHECKS_H */

@@ -733,3 +733,150 @@ check_generated_columns(CheckContext *ctx, CheckResult *result)
 				 check_summary(names));
 	result->hint = pstrdup("Make each column generated on both sides or on neither, here: the objects column of zdm.check gives the statement for each.");
 }
+
+/*
+ * CHECK constraints of the source's tables and domains, with their
+ * definition (without NOT VALID) and whether they are validated.
+ */
+static const char *source_constraints_sql =
+"SELECT 't', n.nspname, c.relname, "
+"       regexp_replace(pg_get_constraintdef(k.oid), ' NOT VALID$', ''), k.convalidated "
+"FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
+"JOIN pg_namespace n ON n.oid = c.relnamespace "
+"WHERE k.contype = 'c' AND c.relkind = 'r' AND c.relpersistence = 'p' "
+"  AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+"  AND n.nspname !~ '^pg_' "
+"UNION ALL "
+"SELECT 'd', n.nspname, t.typname, "
+"       regexp_replace(pg_get_constraintdef(k.oid), ' NOT VALID$', ''), k.convalidated "
+"FROM pg_constraint k JOIN pg_type t ON t.oid = k.contypid "
+"JOIN pg_namespace n ON n.oid = t.typnamespace "
+"WHERE k.contype = 'c' "
+"  AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+"  AND n.nspname !~ '^pg_'";
+
+/*
+ * The CHECK constraints here that source rows may violate: those of the
+ * tables to copy (and their partitions) and of the domains of their columns
+ * (and the domains those are based on), unless the source has a validated
+ * constraint of the same definition on the same table or domain.  Table
+ * sync enforces them, NOT VALID ones too, and retries a failed copy for
+ * ever; the apply worker stops at the first violating change.
+ */
+static const char *target_constraints_sql =
+"WITH RECURSIVE "
+"src AS (SELECT * FROM unnest($3, $4, $5, $6, $7) AS x(kind, nsp, name, def, validated)), "
+"tabs AS (SELECT s.nsp, s.rel, c.oid FROM unnest($1, $2) AS s(nsp, rel) "
+"  JOIN pg_catalog.pg_namespace n ON n.nspname = s.nsp "
+"  JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = s.rel "
+"    AND c.relkind IN ('r', 'p')), "
+"rels AS (SELECT nsp, rel, oid AS relid, true AS top FROM tabs "
+"  UNION ALL SELECT t.nsp, t.rel, pt.relid, false FROM tabs t "
+"  CROSS JOIN LATERAL pg_catalog.pg_partition_tree(t.oid) pt WHERE pt.level > 0), "
+"dchain(typ) AS (SELECT DISTINCT a.atttypid FROM rels r "
+"    JOIN pg_catalog.pg_attribute a ON a.attrelid = r.relid "
+"     AND a.attnum > 0 AND NOT a.attisdropped "
+"  UNION SELECT t.typbasetype FROM dchain d "
+"    JOIN pg_catalog.pg_type t ON t.oid = d.typ WHERE t.typtype = 'd') "
+"SELECT 't', pg_catalog.quote_ident(r.nsp) || '.' || pg_catalog.quote_ident(r.rel), "
+"       CASE WHEN NOT r.top THEN r.relid::pg_catalog.regclass::pg_catalog.text END, "
+"       pg_catalog.quote_ident(k.conname), def.def, k.convalidated, v.validated "
+"FROM rels r JOIN pg_catalog.pg_constraint k ON k.conrelid = r.relid AND k.contype = 'c' "
+"CROSS JOIN LATERAL (SELECT pg_catalog.regexp_replace("
+"    pg_catalog.pg_get_constraintdef(k.oid), ' NOT VALID$', '')) AS def(def) "
+"LEFT JOIN LATERAL (SELECT pg_catalog.bool_or(src.validated) FROM src "
+"    WHERE src.kind = 't' AND src.nsp = r.nsp AND src.name = r.rel "
+"      AND src.def = def.def) AS v(validated) ON true "
+"WHERE (r.top OR k.conislocal) AND v.validated IS DISTINCT FROM true "
+"UNION ALL "
+"SELECT 'd', pg_catalog.quote_ident(tn.nspname) || '.' || pg_catalog.quote_ident(t.typname), "
+"       NULL, pg_catalog.quote_ident(k.conname), def.def, k.convalidated, v.validated "
+"FROM dchain d JOIN pg_catalog.pg_type t ON t.oid = d.typ AND t.typtype = 'd' "
+"JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace "
+"JOIN pg_catalog.pg_constraint k ON k.contypid = t.oid AND k.contype = 'c' "
+"CROSS JOIN LATERAL (SELECT pg_catalog.regexp_replace("
+"    pg_catalog.pg_get_constraintdef(k.oid), ' NOT VALID$', '')) AS def(def) "
+"LEFT JOIN LATERAL (SELECT pg_catalog.bool_or(src.validated) FROM src "
+"    WHERE src.kind = 'd' AND src.nsp = tn.nspname AND src.name = t.typname "
+"      AND src.def = def.def) AS v(validated) ON true "
+"WHERE v.validated IS DISTINCT FROM true "
+"ORDER BY 1 DESC, 2, 3, 4";
+
+void
+check_target_constraints(CheckContext *ctx, CheckResult *result)
+{
+	RemoteResult *res;
+	List	   *lists[5] = {NIL, NIL, NIL, NIL, NIL};
+	Oid			types[7] = {TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, BOOLARRAYOID};
+	Datum		values[7];
+	List	   *names = NIL;
+	MemoryContext outer = CurrentMemoryContext;
+	MemoryContext oldcxt;
+	int			row;
+	int			i;
+	uint64		r;
+
+	check_read_tables(ctx);
+	res = remote_query(ctx->conn, source_constraints_sql, 0, NULL,
+					   "listing the CHECK constraints of the source");
+	for (row = 0; row < res->ntuples; row++)
+		for (i = 0; i < 5; i++)
+			lists[i] = lappend(lists[i], (char *) remote_value(res, row, i));
+	values[0] = check_text_array(ctx->copied_nsp);
+	values[1] = check_text_array(ctx->copied_rel);
+	for (i = 0; i < 4; i++)
+		values[2 + i] = check_text_array(lists[i]);
+	{
+		int			n = list_length(lists[4]);
+		Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+		ListCell   *lc;
+
+		i = 0;
+		foreach(lc, lists[4])
+			elems[i++] = BoolGetDatum(strcmp(lfirst(lc), "t") == 0);
+		values[6] = PointerGetDatum(construct_array(elems, n, BOOLOID, 1, true,
+													TYPALIGN_CHAR));
+	}
+
+	SPI_connect();
+	if (zdm_spi_execute(target_constraints_sql, 7, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not compare the CHECK constraints of the target with the source");
+	oldcxt = MemoryContextSwitchTo(outer);
+	for (r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		domain = strcmp(SPI_getvalue(tup, desc, 1), "d") == 0;
+		const char *owner = SPI_getvalue(tup, desc, 2);
+		const char *partition = SPI_getvalue(tup, desc, 3);
+		const char *con = SPI_getvalue(tup, desc, 4);
+		const char *def = SPI_getvalue(tup, desc, 5);
+		bool		valid_here = strcmp(SPI_getvalue(tup, desc, 6), "t") == 0;
+		bool		on_source = SPI_getvalue(tup, desc, 7) != NULL;
+		const char *kind = domain ? "DOMAIN" : "TABLE";
+		const char *on = partition ? partition : owner;
+		char	   *name = psprintf("%s%s.%s", domain ? "domain " : "", on, con);
+		char	   *entry;
+
+		entry = psprintf("%s (%s%s here, %s on the source): ",
+						 name, def, valid_here ? "" : " NOT VALID",
+						 on_source ? "NOT VALID" : "absent");
+		if (on_source)
+			entry = psprintf("%son the source ALTER %s %s VALIDATE CONSTRAINT %s (it reports a violating row if there is one); or ",
+							 entry, kind, owner, con);
+		entry = psprintf("%shere ALTER %s %s DROP CONSTRAINT %s before init and ALTER %s %s ADD CONSTRAINT %s %s after the cutover",
+						 entry, kind, on, con, kind, on, con, def);
+		names = lappend(names, name);
+		result->objects = lappend(result->objects, entry);
+	}
+	MemoryContextSwitchTo(oldcxt);
+	SPI_finish();
+
+	result->ok = names == NIL;
+	result->detail = result->ok ?
+		pstrdup("Every CHECK constraint of the tables to migrate, and of the domains of their columns, is validated on the source.") :
+		psprintf("CHECK constraints here that the source's rows are not known to satisfy (NOT VALID, or absent on the source); a violating row would make the initial copy fail for ever or stop the apply worker: %s.",
+				 check_summary(names));
+	result->hint = pstrdup("Validate each on the source (ALTER TABLE or ALTER DOMAIN ... VALIDATE CONSTRAINT), or drop it here and add it back after the cutover; the objects column of zdm.check gives the statements.");
+}
