@@ -128,6 +128,7 @@ static const CheckEntry check_list[] =
 	{"target_tables_empty", check_target_tables_empty, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
 	{"unlogged_tables", check_unlogged_tables, false, 0},
 	{"large_objects", check_large_objects, false, 0},
+	{"materialized_views", check_materialized_views, false, 0},
 	{"long_transactions", check_long_transactions, false, 0},
 	{"prepared_transactions", check_prepared_transactions, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
 	{"target_status_interval", check_target_status_interval, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
@@ -464,7 +465,7 @@ check_large_objects(CheckContext *ctx, CheckResult *result)
 	result->ok = strcmp(fact(ctx, FACT_LARGE_OBJECTS), "0") == 0;
 	result->detail = psprintf("The source has %s large objects; logical replication does not carry them.",
 							  fact(ctx, FACT_LARGE_OBJECTS));
-	result->hint = pstrdup("Copy large objects separately (pg_dump --large-objects) before the cutover.");
+	result->hint = pstrdup("Copy large objects separately before the cutover, with pg_dump -b (--blobs; PostgreSQL 16 and later also call it --large-objects) and pg_restore; writes to them after that copy are not carried either.");
 }
 
 static void

@@ -734,6 +734,43 @@ check_generated_columns(CheckContext *ctx, CheckResult *result)
 	result->hint = pstrdup("Make each column generated on both sides or on neither, here: the objects column of zdm.check gives the statement for each.");
 }
 
+/* Materialized views of the source. */
+static const char *source_matviews_sql =
+"SELECT n.nspname, c.relname FROM pg_class c "
+"JOIN pg_namespace n ON n.oid = c.relnamespace "
+"WHERE c.relkind = 'm' "
+"  AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+"  AND n.nspname !~ '^pg_' "
+"ORDER BY 1, 2";
+
+/*
+ * materialized_views: not replicated; refreshed here after the cutover.
+ */
+void
+check_materialized_views(CheckContext *ctx, CheckResult *result)
+{
+	RemoteResult *res;
+	List	   *names = NIL;
+	int			row;
+
+	res = remote_query(ctx->conn, source_matviews_sql, 0, NULL,
+					   "listing the materialized views of the source");
+	for (row = 0; row < res->ntuples; row++)
+	{
+		char	   *view = check_qualified(remote_value(res, row, 0),
+										   remote_value(res, row, 1));
+
+		names = lappend(names, view);
+		result->objects = lappend(result->objects,
+								  psprintf("%s: REFRESH MATERIALIZED VIEW %s", view, view));
+	}
+	result->ok = names == NIL;
+	result->detail = result->ok ? pstrdup("No materialized views on the source.") :
+		psprintf("Materialized views are not replicated; here they keep what the schema copy gave them (no data with pg_dump --schema-only): %s.",
+				 check_summary(names));
+	result->hint = pstrdup("After the cutover, run REFRESH MATERIALIZED VIEW on this target for each of them (the objects column of zdm.check lists the statements).");
+}
+
 /*
  * CHECK constraints of the source's tables and domains, with their
  * definition (without NOT VALID) and whether they are validated.
