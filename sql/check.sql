@@ -91,6 +91,23 @@ WHERE name = 'target_constraints';
 SELECT on_both('DROP TABLE chk_con');
 SELECT on_both('DROP DOMAIN chk_positive');
 
+-- Partitions: the source's partitions are replicated by name; here the
+-- parent exists partitioned by the same key but lacks a partition, and
+-- another parent is partitioned differently.
+SELECT on_both('CREATE TABLE chk_part (id int PRIMARY KEY) PARTITION BY RANGE (id)');
+SELECT on_both('CREATE TABLE chk_part_1 PARTITION OF chk_part FOR VALUES FROM (0) TO (100)');
+SELECT on_source('CREATE TABLE chk_part_2 PARTITION OF chk_part FOR VALUES FROM (100) TO (200)');
+SELECT on_source('CREATE TABLE chk_repart (id int PRIMARY KEY) PARTITION BY RANGE (id)');
+SELECT on_source('CREATE TABLE chk_repart_a PARTITION OF chk_repart FOR VALUES FROM (0) TO (100)');
+CREATE TABLE chk_repart (id int PRIMARY KEY) PARTITION BY HASH (id);
+CREATE TABLE chk_repart_a PARTITION OF chk_repart FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+CREATE TABLE chk_repart_b PARTITION OF chk_repart FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+SELECT ok, blocking, detail, hint FROM zdm.check(source_dsn(), ignore_missing => true)
+WHERE name = 'partitions';
+SELECT unnest(objects) AS partitions FROM zdm.check(source_dsn(), ignore_missing => true)
+WHERE name = 'partitions';
+SELECT on_both('DROP TABLE chk_part, chk_repart');
+
 -- A partitioned table here holds its rows in its partitions.
 SELECT on_both('CREATE TABLE chk_filled (id int PRIMARY KEY) PARTITION BY RANGE (id)');
 SELECT on_both('CREATE TABLE chk_filled_1 PARTITION OF chk_filled FOR VALUES FROM (0) TO (100)');

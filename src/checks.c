@@ -120,6 +120,7 @@ static const CheckEntry check_list[] =
 	{"leftovers", check_leftovers, true, ERRCODE_DUPLICATE_OBJECT},
 	{"publication_privilege", check_publication_privilege, true, ERRCODE_INSUFFICIENT_PRIVILEGE},
 	{"missing_tables", check_missing_tables, true, ERRCODE_UNDEFINED_TABLE},
+	{"partitions", check_partitions, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
 	{"replica_identity", check_replica_identity, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
 	{"missing_columns", check_missing_columns, true, ERRCODE_UNDEFINED_COLUMN},
 	{"column_types", check_column_types, false, 0},

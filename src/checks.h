@@ -68,6 +68,7 @@ extern void check_target_tables_empty(CheckContext *ctx, CheckResult *result);
 extern void check_unlogged_tables(CheckContext *ctx, CheckResult *result);
 extern void check_generated_columns(CheckContext *ctx, CheckResult *result);
 extern void check_materialized_views(CheckContext *ctx, CheckResult *result);
+extern void check_partitions(CheckContext *ctx, CheckResult *result);
 extern void check_target_constraints(CheckContext *ctx, CheckResult *result);
 
 #endif							/* PG_ZDM_CHECKS_H */

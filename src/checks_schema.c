@@ -772,6 +772,138 @@ check_materialized_views(CheckContext *ctx, CheckResult *result)
 }
 
 /*
+ * Partitions of the source (leaves: a FOR ALL TABLES publication publishes
+ * each leaf under its own name), with their parent, bound and the parent's
+ * partition key.
+ */
+static const char *source_partitions_sql =
+"SELECT n.nspname, c.relname, pn.nspname, p.relname, "
+"       pg_get_expr(c.relpartbound, c.oid), pg_get_partkeydef(p.oid) "
+"FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+"JOIN pg_inherits i ON i.inhrelid = c.oid "
+"JOIN pg_class p ON p.oid = i.inhparent "
+"JOIN pg_namespace pn ON pn.oid = p.relnamespace "
+"WHERE c.relispartition AND c.relkind = 'r' AND c.relpersistence = 'p' "
+"  AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+"  AND n.nspname !~ '^pg_' "
+"ORDER BY 1, 2";
+
+/*
+ * partitions: pg_zdm replicates each leaf partition of the source into the
+ * table of the same name here.  Refused, naming each partition, when the
+ * parent exists here but the leaf does not (its rows would reach nothing,
+ * even with ignore_missing), or the leaf here is not the same partition of
+ * the same parent (its partition constraint would reject rows: the copy
+ * fails for ever).  A table partitioned only here, or a leaf that is a
+ * plain table here while its parent is absent, works.
+ */
+void
+check_partitions(CheckContext *ctx, CheckResult *result)
+{
+	RemoteResult *res;
+	List	   *lists[6] = {NIL, NIL, NIL, NIL, NIL, NIL};
+	Oid			types[6] = {TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+	TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
+	Datum		values[6];
+	List	   *names = NIL;
+	MemoryContext outer = CurrentMemoryContext;
+	MemoryContext oldcxt;
+	int			row;
+	int			i;
+	uint64		r;
+
+	res = remote_query(ctx->conn, source_partitions_sql, 0, NULL,
+					   "listing the partitions of the source");
+	for (row = 0; row < res->ntuples; row++)
+		for (i = 0; i < 6; i++)
+			lists[i] = lappend(lists[i], (char *) remote_value(res, row, i));
+	for (i = 0; i < 6; i++)
+		values[i] = check_text_array(lists[i]);
+
+	SPI_connect();
+	if (res->ntuples > 0 &&
+		zdm_spi_execute("SELECT s.nsp, s.rel, s.pnsp, s.prel, s.bound, "
+						"       l.oid IS NOT NULL, "
+						"       CASE WHEN l.relispartition THEN "
+						"         (SELECT pg_catalog.quote_ident(qn.nspname) || '.' || "
+						"                 pg_catalog.quote_ident(q.relname) "
+						"          FROM pg_catalog.pg_inherits h "
+						"          JOIN pg_catalog.pg_class q ON q.oid = h.inhparent "
+						"          JOIN pg_catalog.pg_namespace qn ON qn.oid = q.relnamespace "
+						"          WHERE h.inhrelid = l.oid) END, "
+						"       pg_catalog.pg_get_expr(l.relpartbound, l.oid), "
+						"       p.relkind, "
+						"       CASE WHEN p.relkind = 'p' THEN pg_catalog.pg_get_partkeydef(p.oid) END, "
+						"       s.keydef "
+						"FROM unnest($1, $2, $3, $4, $5, $6) WITH ORDINALITY "
+						"     AS s(nsp, rel, pnsp, prel, bound, keydef, i) "
+						"LEFT JOIN (pg_catalog.pg_class l JOIN pg_catalog.pg_namespace ln "
+						"  ON ln.oid = l.relnamespace AND l.relkind IN ('r', 'p')) "
+						"  ON ln.nspname = s.nsp AND l.relname = s.rel "
+						"LEFT JOIN (pg_catalog.pg_class p JOIN pg_catalog.pg_namespace pn "
+						"  ON pn.oid = p.relnamespace AND p.relkind IN ('r', 'p')) "
+						"  ON pn.nspname = s.pnsp AND p.relname = s.prel "
+						"WHERE p.oid IS NOT NULL "
+						"ORDER BY s.i",
+						6, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not compare the partitions of the source with the target");
+	oldcxt = MemoryContextSwitchTo(outer);
+	for (r = 0; res->ntuples > 0 && r < SPI_processed; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *leaf = check_qualified(SPI_getvalue(tup, desc, 1),
+										   SPI_getvalue(tup, desc, 2));
+		char	   *parent = check_qualified(SPI_getvalue(tup, desc, 3),
+											 SPI_getvalue(tup, desc, 4));
+		const char *bound = SPI_getvalue(tup, desc, 5);
+		bool		leaf_here = strcmp(SPI_getvalue(tup, desc, 6), "t") == 0;
+		const char *leaf_parent = SPI_getvalue(tup, desc, 7);
+		const char *leaf_bound = SPI_getvalue(tup, desc, 8);
+		bool		parent_partitioned = strcmp(SPI_getvalue(tup, desc, 9), "p") == 0;
+		const char *keydef = SPI_getvalue(tup, desc, 10);
+		bool		same_key = parent_partitioned && keydef &&
+			strcmp(keydef, SPI_getvalue(tup, desc, 11)) == 0;
+		char	   *why;
+		char	   *fix;
+
+		if (leaf_here && leaf_parent && strcmp(leaf_parent, parent) == 0 &&
+			leaf_bound && strcmp(leaf_bound, bound) == 0)
+			continue;			/* the same partition on both sides */
+
+		if (!leaf_here)
+			why = psprintf("partition of %s on the source, missing here: its rows would not be migrated", parent);
+		else if (leaf_parent == NULL)
+			why = psprintf("partition of %s on the source, a table outside %s here", parent, parent);
+		else
+			why = psprintf("partition of %s %s on the source, of %s %s here: the copy would fail on rows outside that partition",
+						   parent, bound, leaf_parent, leaf_bound ? leaf_bound : "");
+
+		if (same_key && !leaf_here)
+			fix = psprintf("CREATE TABLE %s PARTITION OF %s %s", leaf, parent, bound);
+		else if (same_key && leaf_parent == NULL)
+			fix = psprintf("ALTER TABLE %s ATTACH PARTITION %s %s", parent, leaf, bound);
+		else
+			fix = psprintf("%s is partitioned differently here; pg_zdm copies each source partition into the table of the same name: "
+						   "partition %s here as on the source (PARTITION BY %s) and change the partitioning after the cutover, "
+						   "or leave %s out of this migration",
+						   parent, parent, SPI_getvalue(tup, desc, 11), parent);
+		names = lappend(names, leaf);
+		result->objects = lappend(result->objects,
+								  psprintf("%s (%s): %s", leaf, why, fix));
+	}
+	MemoryContextSwitchTo(oldcxt);
+	SPI_finish();
+
+	result->ok = names == NIL;
+	result->detail = result->ok ?
+		pstrdup("Every source partition has the same partition here, or its parent table is not here.") :
+		psprintf("Source partitions whose table here is missing or partitioned differently: %s.",
+				 check_summary(names));
+	result->hint = pstrdup("Partition the tables here as on the source (the objects column of zdm.check gives the statement for each partition), then repartition after the cutover if needed.");
+}
+
+/*
  * CHECK constraints of the source's tables and domains, with their
  * definition (without NOT VALID) and whether they are validated.
  */
