@@ -54,7 +54,10 @@ enum
 	FACT_LARGE_OBJECTS,
 	FACT_HAS_PUBLICATION,
 	FACT_HAS_SLOT,
-	FACT_HAS_FENCE
+	FACT_HAS_FENCE,
+	FACT_MAX_LOCKS,
+	FACT_MAX_CONNECTIONS,
+	FACT_MAX_PREPARED
 };
 
 static const char *source_facts_sql =
@@ -76,7 +79,10 @@ static const char *source_facts_sql =
 "       (SELECT count(*) FROM pg_largeobject_metadata), "
 "       EXISTS (SELECT 1 FROM pg_publication WHERE pubname = '" ZDM_PUBLICATION "'), "
 "       EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1), "
-"       EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = '" ZDM_FENCE_SCHEMA "') "
+"       EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = '" ZDM_FENCE_SCHEMA "'), "
+"       current_setting('max_locks_per_transaction')::int, "
+"       current_setting('max_connections')::int, "
+"       current_setting('max_prepared_transactions')::int "
 "FROM pg_roles r WHERE r.rolname = current_user";
 
 static void check_server_version(CheckContext *ctx, CheckResult *result);
@@ -89,6 +95,7 @@ static void check_target_workers(CheckContext *ctx, CheckResult *result);
 static void check_same_database(CheckContext *ctx, CheckResult *result);
 static void check_leftovers(CheckContext *ctx, CheckResult *result);
 static void check_publication_privilege(CheckContext *ctx, CheckResult *result);
+static void check_fence_locks(CheckContext *ctx, CheckResult *result);
 static void check_large_objects(CheckContext *ctx, CheckResult *result);
 static void check_long_transactions(CheckContext *ctx, CheckResult *result);
 static void check_prepared_transactions(CheckContext *ctx, CheckResult *result);
@@ -127,6 +134,7 @@ static const CheckEntry check_list[] =
 	{"generated_columns", check_generated_columns, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
 	{"target_constraints", check_target_constraints, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
 	{"target_tables_empty", check_target_tables_empty, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
+	{"fence_locks", check_fence_locks, true, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED},
 	{"unlogged_tables", check_unlogged_tables, false, 0},
 	{"large_objects", check_large_objects, false, 0},
 	{"materialized_views", check_materialized_views, false, 0},
@@ -458,6 +466,36 @@ check_publication_privilege(CheckContext *ctx, CheckResult *result)
 			pstrdup("A publication FOR ALL TABLES needs a superuser on the source.");
 		result->hint = pstrdup("Connect to the source as a superuser, or use ignore_missing => true with a role that owns the tables.");
 	}
+}
+
+/*
+ * fence_locks: the cutover's fence locks every published table in one
+ * transaction on the source.  The source's shared lock table holds about
+ * max_locks_per_transaction * (max_connections + max_prepared_transactions)
+ * locks for all sessions together; the fence may take at most half of it,
+ * so that the application's own sessions keep the other half while the
+ * fence holds its locks.
+ */
+static void
+check_fence_locks(CheckContext *ctx, CheckResult *result)
+{
+	int64		per_xact = atoi(fact(ctx, FACT_MAX_LOCKS));
+	int64		slots = atoi(fact(ctx, FACT_MAX_CONNECTIONS)) +
+		atoi(fact(ctx, FACT_MAX_PREPARED));
+	int64		capacity = per_xact * slots;
+	int64		tables;
+	int64		needed;
+
+	check_read_tables(ctx);
+	tables = list_length(ctx->published);
+	/* smallest setting whose lock table is at least twice the fence */
+	needed = (2 * tables + slots - 1) / Max(slots, 1);
+	result->ok = 2 * tables <= capacity;
+	result->detail = psprintf("The cutover locks %lld published tables in one transaction on the source; its lock table holds max_locks_per_transaction * (max_connections + max_prepared_transactions) = %lld * %lld = %lld locks, and pg_zdm keeps half of them for the application.",
+							  (long long) tables, (long long) per_xact,
+							  (long long) slots, (long long) capacity);
+	result->hint = psprintf("Set max_locks_per_transaction = %lld (or more) on the source and restart it.",
+							(long long) Max(needed, per_xact));
 }
 
 static void
