@@ -91,6 +91,28 @@ WHERE name = 'target_constraints';
 SELECT on_both('DROP TABLE chk_con');
 SELECT on_both('DROP DOMAIN chk_positive');
 
+-- Keys here that the source lacks: duplicates there would fail the copy.
+SELECT on_source('CREATE TABLE chk_keys (id int PRIMARY KEY, code text, during tstzrange)');
+CREATE TABLE chk_keys (id int PRIMARY KEY, code text UNIQUE, during tstzrange,
+  EXCLUDE USING gist (during WITH &&));
+SELECT ok, blocking, detail, hint FROM zdm.check(source_dsn())
+WHERE name = 'target_keys';
+SELECT unnest(objects) AS target_keys FROM zdm.check(source_dsn())
+WHERE name = 'target_keys';
+SELECT on_both('DROP TABLE chk_keys');
+
+-- Timestamps in constraints and partition bounds compare equal whatever
+-- this session's TimeZone and DateStyle.
+SELECT on_both($q$CREATE TABLE chk_ts (t timestamptz PRIMARY KEY CHECK (t > '2020-01-01 00:00:00+00')) PARTITION BY RANGE (t)$q$);
+SELECT on_both($q$CREATE TABLE chk_ts_2024 PARTITION OF chk_ts FOR VALUES FROM ('2024-01-01 00:00:00+00') TO ('2025-01-01 00:00:00+00')$q$);
+SET TimeZone = 'Asia/Tokyo';
+SET DateStyle = 'SQL, DMY';
+SELECT name, ok, objects FROM zdm.check(source_dsn())
+WHERE name IN ('partitions', 'target_constraints');
+RESET TimeZone;
+RESET DateStyle;
+SELECT on_both('DROP TABLE chk_ts');
+
 -- Partitions: the source's partitions are replicated by name; here the
 -- parent exists partitioned by the same key but lacks a partition, and
 -- another parent is partitioned differently.

@@ -28,6 +28,7 @@ typedef struct CheckContext
 	char	   *slot_name;		/* the slot init would create */
 	int			needed;			/* slots, senders, workers: 1, 2 with a copy */
 	RemoteResult *facts;		/* one row of server facts (checks.c) */
+	bool		source_utc;		/* the source session prints in UTC */
 
 	/* the source tables, read by check_read_tables() */
 	bool		tables_read;
@@ -70,5 +71,6 @@ extern void check_generated_columns(CheckContext *ctx, CheckResult *result);
 extern void check_materialized_views(CheckContext *ctx, CheckResult *result);
 extern void check_partitions(CheckContext *ctx, CheckResult *result);
 extern void check_target_constraints(CheckContext *ctx, CheckResult *result);
+extern void check_target_keys(CheckContext *ctx, CheckResult *result);
 
 #endif							/* PG_ZDM_CHECKS_H */

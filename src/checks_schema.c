@@ -16,8 +16,43 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 
 #include "checks.h"
+
+/*
+ * Expressions (CHECK constraints, partition bounds) are compared as
+ * pg_get_constraintdef and pg_get_expr print them on each side, and they
+ * print timestamps in the session's TimeZone and DateStyle.  Both sides
+ * print them with the same settings: the source session gets TimeZone UTC
+ * (it already has DateStyle ISO and IntervalStyle postgres) and the target
+ * queries run with the same three settings, for the query only.
+ */
+static void
+source_print_like_target(CheckContext *ctx)
+{
+	if (!ctx->source_utc)
+		remote_command(ctx->conn, "SET TimeZone = 'UTC'",
+					   "setting the time zone of the source session");
+	ctx->source_utc = true;
+}
+
+static int
+spi_execute_printing_utc(const char *sql, int nargs, Oid *types, Datum *values)
+{
+	int			level = NewGUCNestLevel();
+	int			rc;
+
+	(void) set_config_option("TimeZone", "UTC", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("DateStyle", "ISO", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("IntervalStyle", "postgres", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	rc = zdm_spi_execute(sql, nargs, types, values, NULL, true, 0);
+	AtEOXact_GUC(true, level);
+	return rc;
+}
 
 /* Tables FOR ALL TABLES would publish, plus unlogged ones (not replicated). */
 static const char *source_tables_sql =
@@ -812,6 +847,7 @@ check_partitions(CheckContext *ctx, CheckResult *result)
 	int			i;
 	uint64		r;
 
+	source_print_like_target(ctx);
 	res = remote_query(ctx->conn, source_partitions_sql, 0, NULL,
 					   "listing the partitions of the source");
 	for (row = 0; row < res->ntuples; row++)
@@ -822,7 +858,7 @@ check_partitions(CheckContext *ctx, CheckResult *result)
 
 	SPI_connect();
 	if (res->ntuples > 0 &&
-		zdm_spi_execute("SELECT s.nsp, s.rel, s.pnsp, s.prel, s.bound, "
+		spi_execute_printing_utc("SELECT s.nsp, s.rel, s.pnsp, s.prel, s.bound, "
 						"       l.oid IS NOT NULL, "
 						"       CASE WHEN l.relispartition THEN "
 						"         (SELECT pg_catalog.quote_ident(qn.nspname) || '.' || "
@@ -845,7 +881,7 @@ check_partitions(CheckContext *ctx, CheckResult *result)
 						"  ON pn.nspname = s.pnsp AND p.relname = s.prel "
 						"WHERE p.oid IS NOT NULL "
 						"ORDER BY s.i",
-						6, types, values, NULL, true, 0) != SPI_OK_SELECT)
+						6, types, values) != SPI_OK_SELECT)
 		elog(ERROR, "could not compare the partitions of the source with the target");
 	oldcxt = MemoryContextSwitchTo(outer);
 	for (r = 0; res->ntuples > 0 && r < SPI_processed; r++)
@@ -904,15 +940,17 @@ check_partitions(CheckContext *ctx, CheckResult *result)
 }
 
 /*
- * CHECK constraints of the source's tables and domains, with their
- * definition (without NOT VALID) and whether they are validated.
+ * Constraints of the source's tables and domains of the types in $1 ('c'
+ * or 'p,u,x'), with their definition (without NOT VALID) and whether they
+ * are validated.
  */
 static const char *source_constraints_sql =
 "SELECT 't', n.nspname, c.relname, "
 "       regexp_replace(pg_get_constraintdef(k.oid), ' NOT VALID$', ''), k.convalidated "
 "FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
 "JOIN pg_namespace n ON n.oid = c.relnamespace "
-"WHERE k.contype = 'c' AND c.relkind = 'r' AND c.relpersistence = 'p' "
+"WHERE k.contype::text = ANY (string_to_array($1, ',')) "
+"  AND c.relkind = 'r' AND c.relpersistence = 'p' "
 "  AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
 "  AND n.nspname !~ '^pg_' "
 "UNION ALL "
@@ -920,17 +958,18 @@ static const char *source_constraints_sql =
 "       regexp_replace(pg_get_constraintdef(k.oid), ' NOT VALID$', ''), k.convalidated "
 "FROM pg_constraint k JOIN pg_type t ON t.oid = k.contypid "
 "JOIN pg_namespace n ON n.oid = t.typnamespace "
-"WHERE k.contype = 'c' "
+"WHERE k.contype::text = ANY (string_to_array($1, ',')) "
 "  AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
 "  AND n.nspname !~ '^pg_'";
 
 /*
- * The CHECK constraints here that source rows may violate: those of the
- * tables to copy (and their partitions) and of the domains of their columns
- * (and the domains those are based on), unless the source has a validated
- * constraint of the same definition on the same table or domain.  Table
- * sync enforces them, NOT VALID ones too, and retries a failed copy for
- * ever; the apply worker stops at the first violating change.
+ * The constraints of the types in $8 here that source rows may violate:
+ * those of the tables to copy (and their partitions) and of the domains of
+ * their columns (and the domains those are based on), unless the source
+ * has a validated constraint of the same definition on the same table or
+ * domain.  Table sync enforces them, NOT VALID ones too, and retries a
+ * failed copy for ever; the apply worker stops at the first violating
+ * change.
  */
 static const char *target_constraints_sql =
 "WITH RECURSIVE "
@@ -950,7 +989,8 @@ static const char *target_constraints_sql =
 "SELECT 't', pg_catalog.quote_ident(r.nsp) || '.' || pg_catalog.quote_ident(r.rel), "
 "       CASE WHEN NOT r.top THEN r.relid::pg_catalog.regclass::pg_catalog.text END, "
 "       pg_catalog.quote_ident(k.conname), def.def, k.convalidated, v.validated "
-"FROM rels r JOIN pg_catalog.pg_constraint k ON k.conrelid = r.relid AND k.contype = 'c' "
+"FROM rels r JOIN pg_catalog.pg_constraint k ON k.conrelid = r.relid "
+"  AND k.contype::pg_catalog.text = ANY (pg_catalog.string_to_array($8, ',')) "
 "CROSS JOIN LATERAL (SELECT pg_catalog.regexp_replace("
 "    pg_catalog.pg_get_constraintdef(k.oid), ' NOT VALID$', '')) AS def(def) "
 "LEFT JOIN LATERAL (SELECT pg_catalog.bool_or(src.validated) FROM src "
@@ -962,7 +1002,8 @@ static const char *target_constraints_sql =
 "       NULL, pg_catalog.quote_ident(k.conname), def.def, k.convalidated, v.validated "
 "FROM dchain d JOIN pg_catalog.pg_type t ON t.oid = d.typ AND t.typtype = 'd' "
 "JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace "
-"JOIN pg_catalog.pg_constraint k ON k.contypid = t.oid AND k.contype = 'c' "
+"JOIN pg_catalog.pg_constraint k ON k.contypid = t.oid "
+"  AND k.contype::pg_catalog.text = ANY (pg_catalog.string_to_array($8, ',')) "
 "CROSS JOIN LATERAL (SELECT pg_catalog.regexp_replace("
 "    pg_catalog.pg_get_constraintdef(k.oid), ' NOT VALID$', '')) AS def(def) "
 "LEFT JOIN LATERAL (SELECT pg_catalog.bool_or(src.validated) FROM src "
@@ -971,15 +1012,23 @@ static const char *target_constraints_sql =
 "WHERE v.validated IS DISTINCT FROM true "
 "ORDER BY 1 DESC, 2, 3, 4";
 
-void
-check_target_constraints(CheckContext *ctx, CheckResult *result)
+/*
+ * Compare the constraints of the types in contypes ("c", or "p,u,x") here
+ * with the source's; append the names of those the source has not
+ * validated with the same definition to *names and an entry with the
+ * statements for each to *objects.
+ */
+static void
+compare_constraints(CheckContext *ctx, const char *contypes,
+					List **names, List **objects)
 {
 	RemoteResult *res;
 	List	   *lists[5] = {NIL, NIL, NIL, NIL, NIL};
-	Oid			types[7] = {TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, BOOLARRAYOID};
-	Datum		values[7];
-	List	   *names = NIL;
+	Oid			types[8] = {TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, BOOLARRAYOID, TEXTOID};
+	Datum		values[8];
+	const char *params[1] = {contypes};
+	bool		keys = strcmp(contypes, "c") != 0;
 	MemoryContext outer = CurrentMemoryContext;
 	MemoryContext oldcxt;
 	int			row;
@@ -987,8 +1036,9 @@ check_target_constraints(CheckContext *ctx, CheckResult *result)
 	uint64		r;
 
 	check_read_tables(ctx);
-	res = remote_query(ctx->conn, source_constraints_sql, 0, NULL,
-					   "listing the CHECK constraints of the source");
+	source_print_like_target(ctx);
+	res = remote_query(ctx->conn, source_constraints_sql, 1, params,
+					   "listing the constraints of the source");
 	for (row = 0; row < res->ntuples; row++)
 		for (i = 0; i < 5; i++)
 			lists[i] = lappend(lists[i], (char *) remote_value(res, row, i));
@@ -1007,10 +1057,11 @@ check_target_constraints(CheckContext *ctx, CheckResult *result)
 		values[6] = PointerGetDatum(construct_array(elems, n, BOOLOID, 1, true,
 													TYPALIGN_CHAR));
 	}
+	values[7] = CStringGetTextDatum(contypes);
 
 	SPI_connect();
-	if (zdm_spi_execute(target_constraints_sql, 7, types, values, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not compare the CHECK constraints of the target with the source");
+	if (spi_execute_printing_utc(target_constraints_sql, 8, types, values) != SPI_OK_SELECT)
+		elog(ERROR, "could not compare the constraints of the target with the source");
 	oldcxt = MemoryContextSwitchTo(outer);
 	for (r = 0; r < SPI_processed; r++)
 	{
@@ -1034,18 +1085,48 @@ check_target_constraints(CheckContext *ctx, CheckResult *result)
 		if (on_source)
 			entry = psprintf("%son the source ALTER %s %s VALIDATE CONSTRAINT %s (it reports a violating row if there is one); or ",
 							 entry, kind, owner, con);
+		else if (keys)
+			entry = psprintf("%son the source ALTER TABLE %s ADD CONSTRAINT %s %s (it fails if rows conflict); or ",
+							 entry, owner, con, def);
 		entry = psprintf("%shere ALTER %s %s DROP CONSTRAINT %s before init and ALTER %s %s ADD CONSTRAINT %s %s after the cutover",
 						 entry, kind, on, con, kind, on, con, def);
-		names = lappend(names, name);
-		result->objects = lappend(result->objects, entry);
+		*names = lappend(*names, name);
+		*objects = lappend(*objects, entry);
 	}
 	MemoryContextSwitchTo(oldcxt);
 	SPI_finish();
+}
 
+void
+check_target_constraints(CheckContext *ctx, CheckResult *result)
+{
+	List	   *names = NIL;
+
+	compare_constraints(ctx, "c", &names, &result->objects);
 	result->ok = names == NIL;
 	result->detail = result->ok ?
 		pstrdup("Every CHECK constraint of the tables to migrate, and of the domains of their columns, is validated on the source.") :
 		psprintf("CHECK constraints here that the source's rows are not known to satisfy (NOT VALID, or absent on the source); a violating row would make the initial copy fail for ever or stop the apply worker: %s.",
 				 check_summary(names));
 	result->hint = pstrdup("Validate each on the source (ALTER TABLE or ALTER DOMAIN ... VALIDATE CONSTRAINT), or drop it here and add it back after the cutover; the objects column of zdm.check gives the statements.");
+}
+
+/*
+ * target_keys: a PRIMARY KEY, UNIQUE or EXCLUDE constraint here that the
+ * source does not have (same definition, same table): rows the source
+ * allows would make the initial copy fail for ever, or stop the apply
+ * worker.
+ */
+void
+check_target_keys(CheckContext *ctx, CheckResult *result)
+{
+	List	   *names = NIL;
+
+	compare_constraints(ctx, "p,u,x", &names, &result->objects);
+	result->ok = names == NIL;
+	result->detail = result->ok ?
+		pstrdup("Every primary key, unique and exclusion constraint of the tables to migrate exists on the source.") :
+		psprintf("Primary key, unique or exclusion constraints here that the source does not have; rows the source allows would make the initial copy fail for ever or stop the apply worker: %s.",
+				 check_summary(names));
+	result->hint = pstrdup("Add each on the source too, or drop it here and add it back after the cutover; the objects column of zdm.check gives the statements.");
 }
