@@ -101,6 +101,17 @@ SELECT unnest(objects) AS target_keys FROM zdm.check(source_dsn())
 WHERE name = 'target_keys';
 SELECT on_both('DROP TABLE chk_keys');
 
+-- NOT NULL here where the source allows NULL, or a column only here that is
+-- NOT NULL without a default; with a default or as identity it is fine.
+SELECT on_source('CREATE TABLE chk_nn (id int PRIMARY KEY, a int, b int NOT NULL)');
+CREATE TABLE chk_nn (id int PRIMARY KEY, a int NOT NULL, b int NOT NULL,
+  c int NOT NULL, d int NOT NULL DEFAULT 0, e bigint GENERATED ALWAYS AS IDENTITY);
+SELECT ok, blocking, detail, hint FROM zdm.check(source_dsn())
+WHERE name = 'target_not_null';
+SELECT unnest(objects) AS target_not_null FROM zdm.check(source_dsn())
+WHERE name = 'target_not_null';
+SELECT on_both('DROP TABLE chk_nn');
+
 -- Timestamps in constraints and partition bounds compare equal whatever
 -- this session's TimeZone and DateStyle.
 SELECT on_both($q$CREATE TABLE chk_ts (t timestamptz PRIMARY KEY CHECK (t > '2020-01-01 00:00:00+00')) PARTITION BY RANGE (t)$q$);

@@ -134,6 +134,7 @@ static const CheckEntry check_list[] =
 	{"generated_columns", check_generated_columns, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
 	{"target_constraints", check_target_constraints, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
 	{"target_keys", check_target_keys, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
+	{"target_not_null", check_target_not_null, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
 	{"target_tables_empty", check_target_tables_empty, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
 	{"fence_locks", check_fence_locks, true, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED},
 	{"unlogged_tables", check_unlogged_tables, false, 0},

@@ -48,6 +48,8 @@ typedef struct CheckContext
 	List	   *retyped_columns;	/* columns with another type here */
 	List	   *generated_columns;	/* generated here only, with the fix */
 	List	   *generated_names;	/* the same columns' names */
+	List	   *not_null_columns;	/* NOT NULL here, may be NULL from there */
+	List	   *not_null_names;	/* the same columns' names */
 } CheckContext;
 
 typedef void (*CheckFunction) (CheckContext *ctx, CheckResult *result);
@@ -72,5 +74,6 @@ extern void check_materialized_views(CheckContext *ctx, CheckResult *result);
 extern void check_partitions(CheckContext *ctx, CheckResult *result);
 extern void check_target_constraints(CheckContext *ctx, CheckResult *result);
 extern void check_target_keys(CheckContext *ctx, CheckResult *result);
+extern void check_target_not_null(CheckContext *ctx, CheckResult *result);
 
 #endif							/* PG_ZDM_CHECKS_H */

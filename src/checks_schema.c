@@ -79,7 +79,7 @@ enum
  */
 static const char *source_columns_sql =
 "SELECT n.nspname, c.relname, a.attname, tn.nspname || '.' || t.typname, "
-"       a.atttypmod, format_type(a.atttypid, a.atttypmod) "
+"       a.atttypmod, format_type(a.atttypid, a.atttypmod), a.attnotnull "
 "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
 "JOIN pg_namespace n ON n.oid = c.relnamespace "
 "JOIN pg_type t ON t.oid = a.atttypid "
@@ -396,10 +396,13 @@ static void
 compare_columns(CheckContext *ctx)
 {
 	RemoteResult *columns;
-	List	   *lists[6] = {NIL, NIL, NIL, NIL, NIL, NIL};
-	Oid			types[6] = {TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-	TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID};
-	Datum		values[6];
+	List	   *lists[7] = {NIL, NIL, NIL, NIL, NIL, NIL, NIL};
+	Oid			types[7] = {TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+	TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
+	Datum		values[7];
+	Oid			only_types[5] = {TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+	TEXTARRAYOID, TEXTARRAYOID};
+	Datum		only_values[5];
 	MemoryContext outer = CurrentMemoryContext;
 	MemoryContext oldcxt;
 	int			row;
@@ -415,7 +418,7 @@ compare_columns(CheckContext *ctx)
 						   0, NULL, "listing the source columns");
 	for (row = 0; row < columns->ntuples; row++)
 	{
-		for (i = 0; i < 6; i++)
+		for (i = 0; i < 7; i++)
 		{
 			if (i == 4)
 				lists[i] = lappend_int(lists[i], atoi(remote_value(columns, row, i)));
@@ -423,8 +426,14 @@ compare_columns(CheckContext *ctx)
 				lists[i] = lappend(lists[i], (char *) remote_value(columns, row, i));
 		}
 	}
-	for (i = 0; i < 6; i++)
+	for (i = 0; i < 7; i++)
 		values[i] = i == 4 ? check_int4_array(lists[i]) : check_text_array(lists[i]);
+	check_read_tables(ctx);
+	only_values[0] = values[0];
+	only_values[1] = values[1];
+	only_values[2] = values[2];
+	only_values[3] = check_text_array(ctx->copied_nsp);
+	only_values[4] = check_text_array(ctx->copied_rel);
 
 	SPI_connect();
 	if (zdm_spi_execute("SELECT s.nsp, s.rel, s.col, s.display, "
@@ -432,9 +441,10 @@ compare_columns(CheckContext *ctx)
 						"       pg_catalog.format_type(a.atttypid, a.atttypmod), "
 						"       a.attgenerated <> '', "
 						"       tn.nspname || '.' || t.typname <> s.typ "
-						"         OR a.atttypmod <> s.typmod "
-						"FROM unnest($1, $2, $3, $4, $5, $6) "
-						"     AS s(nsp, rel, col, typ, typmod, display) "
+						"         OR a.atttypmod <> s.typmod, "
+						"       a.attnotnull AND s.not_null_there = 'f' "
+						"FROM unnest($1, $2, $3, $4, $5, $6, $7) "
+						"     AS s(nsp, rel, col, typ, typmod, display, not_null_there) "
 						"JOIN pg_catalog.pg_namespace n ON n.nspname = s.nsp "
 						"JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid "
 						"  AND c.relname = s.rel AND c.relkind IN ('r', 'p') "
@@ -445,8 +455,9 @@ compare_columns(CheckContext *ctx)
 						"WHERE a.attname IS NULL "
 						"   OR tn.nspname || '.' || t.typname <> s.typ "
 						"   OR a.atttypmod <> s.typmod "
-						"   OR a.attgenerated <> ''",
-						6, types, values, NULL, true, 0) != SPI_OK_SELECT)
+						"   OR a.attgenerated <> '' "
+						"   OR (a.attnotnull AND s.not_null_there = 'f')",
+						7, types, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not compare the source columns with the target");
 	oldcxt = MemoryContextSwitchTo(outer);
 	for (r = 0; r < SPI_processed; r++)
@@ -471,12 +482,52 @@ compare_columns(CheckContext *ctx)
 											 psprintf("%s.%s (generated here, not on the source): ALTER TABLE %s ALTER COLUMN %s DROP EXPRESSION",
 													  table, column, table, column));
 		}
+		if (strcmp(SPI_getvalue(tup, desc, 9), "t") == 0)
+		{
+			ctx->not_null_names = lappend(ctx->not_null_names,
+										  psprintf("%s.%s", table, column));
+			ctx->not_null_columns = lappend(ctx->not_null_columns,
+											psprintf("%s.%s (NOT NULL here, nullable on the source): on the source ALTER TABLE %s ALTER COLUMN %s SET NOT NULL (it fails if a row holds NULL); or here ALTER TABLE %s ALTER COLUMN %s DROP NOT NULL before init and SET NOT NULL after the cutover",
+													 table, column, table, column, table, column));
+		}
 		if (strcmp(SPI_getvalue(tup, desc, 8), "t") == 0)
 			ctx->retyped_columns = lappend(ctx->retyped_columns,
 										   psprintf("%s.%s (%s on the source, %s here)",
 													table, column,
 													SPI_getvalue(tup, desc, 4),
 													SPI_getvalue(tup, desc, 6)));
+	}
+	MemoryContextSwitchTo(oldcxt);
+
+	/* columns only here, NOT NULL without a default: they receive NULL */
+	if (zdm_spi_execute("SELECT t.nsp, t.rel, a.attname "
+						"FROM unnest($4, $5) WITH ORDINALITY AS t(nsp, rel, i) "
+						"JOIN pg_catalog.pg_namespace n ON n.nspname = t.nsp "
+						"JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid "
+						"  AND c.relname = t.rel AND c.relkind IN ('r', 'p') "
+						"JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid "
+						"  AND a.attnum > 0 AND NOT a.attisdropped "
+						"LEFT JOIN unnest($1, $2, $3) AS s(nsp, rel, col) "
+						"  ON s.nsp = t.nsp AND s.rel = t.rel AND s.col = a.attname "
+						"WHERE s.col IS NULL AND a.attnotnull AND NOT a.atthasdef "
+						"  AND a.attidentity = '' AND a.attgenerated = '' "
+						"ORDER BY t.i, a.attnum",
+						5, only_types, only_values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for columns that only the target has");
+	oldcxt = MemoryContextSwitchTo(outer);
+	for (r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *table = check_qualified(SPI_getvalue(tup, desc, 1),
+											SPI_getvalue(tup, desc, 2));
+		const char *column = quote_identifier(SPI_getvalue(tup, desc, 3));
+
+		ctx->not_null_names = lappend(ctx->not_null_names,
+									  psprintf("%s.%s", table, column));
+		ctx->not_null_columns = lappend(ctx->not_null_columns,
+										psprintf("%s.%s (NOT NULL without a default here, absent on the source): here ALTER TABLE %s ALTER COLUMN %s SET DEFAULT <value>, or DROP NOT NULL before init and SET NOT NULL after the cutover",
+												 table, column, table, column));
 	}
 	MemoryContextSwitchTo(oldcxt);
 	SPI_finish();
@@ -1129,4 +1180,22 @@ check_target_keys(CheckContext *ctx, CheckResult *result)
 		psprintf("Primary key, unique or exclusion constraints here that the source does not have; rows the source allows would make the initial copy fail for ever or stop the apply worker: %s.",
 				 check_summary(names));
 	result->hint = pstrdup("Add each on the source too, or drop it here and add it back after the cutover; the objects column of zdm.check gives the statements.");
+}
+
+/*
+ * target_not_null: a column NOT NULL here that the source lets be NULL, or
+ * NOT NULL without a default here and absent on the source (it receives
+ * NULL): the initial copy fails for ever or the apply worker stops.
+ */
+void
+check_target_not_null(CheckContext *ctx, CheckResult *result)
+{
+	compare_columns(ctx);
+	result->ok = ctx->not_null_columns == NIL;
+	result->objects = ctx->not_null_columns;
+	result->detail = result->ok ?
+		pstrdup("Every column that is NOT NULL here is NOT NULL on the source or has a value to take.") :
+		psprintf("Columns NOT NULL here that replicated rows may leave NULL; the initial copy would fail for ever or the apply worker stop: %s.",
+				 check_summary(ctx->not_null_names));
+	result->hint = pstrdup("Make the source guarantee it (SET NOT NULL there), or relax the column here until the cutover; the objects column of zdm.check gives the statements.");
 }
