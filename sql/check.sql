@@ -112,6 +112,20 @@ SELECT unnest(objects) AS target_not_null FROM zdm.check(source_dsn())
 WHERE name = 'target_not_null';
 SELECT on_both('DROP TABLE chk_nn');
 
+-- A sequence only on the source; a trigger here that fires for replicated
+-- rows (ENABLE ALWAYS), next to one that does not.
+SELECT on_source('CREATE SEQUENCE chk_seq_only_there');
+SELECT on_both('CREATE TABLE chk_trg (id int PRIMARY KEY)');
+CREATE FUNCTION chk_trg_fn() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+CREATE TRIGGER chk_always BEFORE INSERT ON chk_trg FOR EACH ROW EXECUTE FUNCTION chk_trg_fn();
+ALTER TABLE chk_trg ENABLE ALWAYS TRIGGER chk_always;
+CREATE TRIGGER chk_local BEFORE INSERT ON chk_trg FOR EACH ROW EXECUTE FUNCTION chk_trg_fn();
+SELECT name, ok, blocking, detail, hint, objects FROM zdm.check(source_dsn())
+WHERE name IN ('missing_sequences', 'target_triggers');
+SELECT on_source('DROP SEQUENCE chk_seq_only_there');
+SELECT on_both('DROP TABLE chk_trg');
+DROP FUNCTION chk_trg_fn();
+
 -- Timestamps in constraints and partition bounds compare equal whatever
 -- this session's TimeZone and DateStyle.
 SELECT on_both($q$CREATE TABLE chk_ts (t timestamptz PRIMARY KEY CHECK (t > '2020-01-01 00:00:00+00')) PARTITION BY RANGE (t)$q$);

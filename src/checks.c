@@ -140,6 +140,8 @@ static const CheckEntry check_list[] =
 	{"unlogged_tables", check_unlogged_tables, false, 0},
 	{"large_objects", check_large_objects, false, 0},
 	{"materialized_views", check_materialized_views, false, 0},
+	{"missing_sequences", check_missing_sequences, false, 0},
+	{"target_triggers", check_target_triggers, false, 0},
 	{"long_transactions", check_long_transactions, false, 0},
 	{"prepared_transactions", check_prepared_transactions, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
 	{"target_status_interval", check_target_status_interval, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},

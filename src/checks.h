@@ -75,5 +75,7 @@ extern void check_partitions(CheckContext *ctx, CheckResult *result);
 extern void check_target_constraints(CheckContext *ctx, CheckResult *result);
 extern void check_target_keys(CheckContext *ctx, CheckResult *result);
 extern void check_target_not_null(CheckContext *ctx, CheckResult *result);
+extern void check_missing_sequences(CheckContext *ctx, CheckResult *result);
+extern void check_target_triggers(CheckContext *ctx, CheckResult *result);
 
 #endif							/* PG_ZDM_CHECKS_H */

@@ -1199,3 +1199,123 @@ check_target_not_null(CheckContext *ctx, CheckResult *result)
 				 check_summary(ctx->not_null_names));
 	result->hint = pstrdup("Make the source guarantee it (SET NOT NULL there), or relax the column here until the cutover; the objects column of zdm.check gives the statements.");
 }
+
+/* Sequences of the source. */
+static const char *source_sequences_sql =
+"SELECT n.nspname, c.relname FROM pg_class c "
+"JOIN pg_namespace n ON n.oid = c.relnamespace "
+"WHERE c.relkind = 'S' "
+"  AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+"  AND n.nspname !~ '^pg_' "
+"ORDER BY 1, 2";
+
+/*
+ * missing_sequences: sequences of the source that have no sequence of the
+ * same name here; the cutover cannot set them ahead of the source.
+ */
+void
+check_missing_sequences(CheckContext *ctx, CheckResult *result)
+{
+	RemoteResult *res;
+	List	   *nsps = NIL;
+	List	   *rels = NIL;
+	Oid			types[2] = {TEXTARRAYOID, TEXTARRAYOID};
+	Datum		values[2];
+	MemoryContext outer = CurrentMemoryContext;
+	MemoryContext oldcxt;
+	int			row;
+	uint64		r;
+
+	res = remote_query(ctx->conn, source_sequences_sql, 0, NULL,
+					   "listing the sequences of the source");
+	for (row = 0; row < res->ntuples; row++)
+	{
+		nsps = lappend(nsps, (char *) remote_value(res, row, 0));
+		rels = lappend(rels, (char *) remote_value(res, row, 1));
+	}
+	values[0] = check_text_array(nsps);
+	values[1] = check_text_array(rels);
+
+	SPI_connect();
+	if (zdm_spi_execute("SELECT s.nsp, s.rel "
+						"FROM unnest($1, $2) WITH ORDINALITY AS s(nsp, rel, i) "
+						"LEFT JOIN (pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+						"  ON n.oid = c.relnamespace AND c.relkind = 'S') "
+						"  ON n.nspname = s.nsp AND c.relname = s.rel "
+						"WHERE c.oid IS NULL ORDER BY s.i",
+						2, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up the source sequences on the target");
+	oldcxt = MemoryContextSwitchTo(outer);
+	for (r = 0; r < SPI_processed; r++)
+		result->objects = lappend(result->objects,
+								  check_qualified(SPI_getvalue(SPI_tuptable->vals[r],
+															   SPI_tuptable->tupdesc, 1),
+												  SPI_getvalue(SPI_tuptable->vals[r],
+															   SPI_tuptable->tupdesc, 2)));
+	MemoryContextSwitchTo(oldcxt);
+	SPI_finish();
+
+	result->ok = result->objects == NIL;
+	result->detail = result->ok ?
+		pstrdup("Every source sequence exists on the target.") :
+		psprintf("Source sequences missing on the target; the cutover cannot set them ahead of the source: %s.",
+				 check_summary(result->objects));
+	result->hint = pstrdup("Create them on the target (pg_dump --schema-only), or make sure nothing here uses them.");
+}
+
+/*
+ * target_triggers: triggers of the tables to copy that are enabled ALWAYS
+ * or REPLICA here fire for every replicated row (the apply worker runs with
+ * session_replication_role = replica, which skips the others).
+ */
+void
+check_target_triggers(CheckContext *ctx, CheckResult *result)
+{
+	Oid			types[2] = {TEXTARRAYOID, TEXTARRAYOID};
+	Datum		values[2];
+	List	   *names = NIL;
+	MemoryContext outer = CurrentMemoryContext;
+	MemoryContext oldcxt;
+	uint64		r;
+
+	check_read_tables(ctx);
+	values[0] = check_text_array(ctx->copied_nsp);
+	values[1] = check_text_array(ctx->copied_rel);
+
+	SPI_connect();
+	if (zdm_spi_execute("SELECT pg_catalog.quote_ident(s.nsp) || '.' || pg_catalog.quote_ident(s.rel), "
+						"       pg_catalog.quote_ident(g.tgname), "
+						"       CASE g.tgenabled WHEN 'A' THEN 'ALWAYS' ELSE 'REPLICA' END "
+						"FROM unnest($1, $2) WITH ORDINALITY AS s(nsp, rel, i) "
+						"JOIN pg_catalog.pg_namespace n ON n.nspname = s.nsp "
+						"JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid "
+						"  AND c.relname = s.rel AND c.relkind IN ('r', 'p') "
+						"JOIN pg_catalog.pg_trigger g ON g.tgrelid = c.oid "
+						"WHERE NOT g.tgisinternal AND g.tgenabled IN ('A', 'R') "
+						"ORDER BY s.i, g.tgname",
+						2, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not list the triggers of the target tables");
+	oldcxt = MemoryContextSwitchTo(outer);
+	for (r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		const char *table = SPI_getvalue(tup, desc, 1);
+		const char *trigger = SPI_getvalue(tup, desc, 2);
+
+		names = lappend(names, psprintf("%s.%s", table, trigger));
+		result->objects = lappend(result->objects,
+								  psprintf("%s.%s (ENABLE %s TRIGGER: fires for replicated rows): ALTER TABLE %s ENABLE TRIGGER %s, unless it must",
+										   table, trigger, SPI_getvalue(tup, desc, 3),
+										   table, trigger));
+	}
+	MemoryContextSwitchTo(oldcxt);
+	SPI_finish();
+
+	result->ok = names == NIL;
+	result->detail = result->ok ?
+		pstrdup("No trigger of the tables to migrate fires for replicated rows here.") :
+		psprintf("Triggers here that fire for every replicated row (ENABLE ALWAYS or ENABLE REPLICA): %s.",
+				 check_summary(names));
+	result->hint = pstrdup("Unless they must run for the source's rows, enable them for local writes only (ALTER TABLE ... ENABLE TRIGGER) until the cutover.");
+}
