@@ -848,7 +848,7 @@ check_materialized_views(CheckContext *ctx, CheckResult *result)
 
 		names = lappend(names, view);
 		result->objects = lappend(result->objects,
-								  psprintf("%s: REFRESH MATERIALIZED VIEW %s", view, view));
+								  psprintf("%s (not replicated): REFRESH MATERIALIZED VIEW %s", view, view));
 	}
 	result->ok = names == NIL;
 	result->detail = result->ok ? pstrdup("No materialized views on the source.") :
