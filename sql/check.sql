@@ -183,5 +183,30 @@ SELECT ok, blocking, detail, hint, objects FROM zdm.check(source_dsn())
 WHERE name = 'materialized_views';
 SELECT on_source('DROP MATERIALIZED VIEW chk_mv');
 
+-- The statements that objects gives work: run them, and the checks pass.
+SELECT on_both('CREATE TABLE chk_fix_deferrable (id int PRIMARY KEY DEFERRABLE, v int)');
+SELECT on_both('CREATE TABLE chk_fix_unique (id int PRIMARY KEY DEFERRABLE, code text NOT NULL UNIQUE)');
+SELECT on_both('CREATE TABLE chk_fix_keyless (a int, b text[])');
+SELECT on_source('CREATE TABLE chk_fix_gen (id int PRIMARY KEY, a int, b int GENERATED ALWAYS AS (a * 2) STORED, c int)');
+CREATE TABLE chk_fix_gen (id int PRIMARY KEY, a int, b int, c int GENERATED ALWAYS AS (a + 1) STORED);
+SELECT on_both('CREATE TABLE chk_fix_part (id int PRIMARY KEY) PARTITION BY RANGE (id)');
+SELECT on_source('CREATE TABLE chk_fix_part_1 PARTITION OF chk_fix_part FOR VALUES FROM (0) TO (100)');
+SELECT on_both('CREATE MATERIALIZED VIEW chk_fix_mv AS SELECT 1 AS one WITH NO DATA');
+CREATE TEMP TABLE chk_fixes AS
+SELECT c.name, substr(o, strpos(o, '): ') + 3) AS statement
+FROM zdm.check(source_dsn()) c, unnest(c.objects) o
+WHERE c.name IN ('replica_identity', 'generated_columns', 'partitions', 'materialized_views');
+SELECT name, statement FROM chk_fixes ORDER BY 1, 2;
+-- replica identities are set on the source, the rest here
+SELECT count(on_source(statement)) FROM chk_fixes WHERE name = 'replica_identity';
+DO $$ DECLARE s text; BEGIN
+  FOR s IN SELECT statement FROM chk_fixes WHERE name <> 'replica_identity' LOOP
+    EXECUTE s;
+  END LOOP; END $$;
+SELECT name, ok, objects FROM zdm.check(source_dsn())
+WHERE name IN ('replica_identity', 'generated_columns', 'partitions');
+SELECT on_both('DROP TABLE chk_fix_deferrable, chk_fix_unique, chk_fix_keyless, chk_fix_gen, chk_fix_part');
+SELECT on_both('DROP MATERIALIZED VIEW chk_fix_mv');
+
 -- Nothing was created anywhere.
 SELECT source_objects();

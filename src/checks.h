@@ -3,7 +3,8 @@
  * checks.h
  *		  What the files of the preflight checks share: checks.c (the list
  *		  of checks, the server, role and settings checks) and checks_schema.c
- *		  (tables, columns and constraints compared between the two sides).
+ *		  (tables, partitions, columns, constraints, sequences and triggers
+ *		  compared between the two sides).
  *
  * Every check is one function of type CheckFunction and one entry in the
  * list in checks.c.  It reads what it needs through the CheckContext

@@ -1,12 +1,16 @@
 /*-------------------------------------------------------------------------
  *
  * checks_schema.c
- *		  The preflight checks of tables and columns: what the source would
- *		  publish compared with what this target has.
+ *		  The preflight checks of the schema: what the source would publish
+ *		  (tables, partitions, columns, replica identities, constraints,
+ *		  sequences, materialized views) compared with what this target has.
  *
  * The source's lists are read with one query each and passed to one query
  * here as arrays, so no statement grows with the number of tables beyond
- * its parameters.  Every name in a detail or an object is quoted.
+ * its parameters (target_tables_empty reads tables in statements of at
+ * most TABLES_PER_STATEMENT).  Every name in a detail or an object is
+ * quoted; where the fix differs per object, its entry in objects reads
+ * "name (what is wrong): statement".
  *
  *-------------------------------------------------------------------------
  */
@@ -848,7 +852,7 @@ check_materialized_views(CheckContext *ctx, CheckResult *result)
 
 		names = lappend(names, view);
 		result->objects = lappend(result->objects,
-								  psprintf("%s: REFRESH MATERIALIZED VIEW %s", view, view));
+								  psprintf("%s (not replicated): REFRESH MATERIALIZED VIEW %s", view, view));
 	}
 	result->ok = names == NIL;
 	result->detail = result->ok ? pstrdup("No materialized views on the source.") :
