@@ -92,10 +92,12 @@ static void check_replication_slots(CheckContext *ctx, CheckResult *result);
 static void check_wal_senders(CheckContext *ctx, CheckResult *result);
 static void check_replication_privilege(CheckContext *ctx, CheckResult *result);
 static void check_target_workers(CheckContext *ctx, CheckResult *result);
+static void check_replication_origins(CheckContext *ctx, CheckResult *result);
 static void check_same_database(CheckContext *ctx, CheckResult *result);
 static void check_leftovers(CheckContext *ctx, CheckResult *result);
 static void check_publication_privilege(CheckContext *ctx, CheckResult *result);
 static void check_fence_locks(CheckContext *ctx, CheckResult *result);
+static void check_truncate_replication(CheckContext *ctx, CheckResult *result);
 static void check_large_objects(CheckContext *ctx, CheckResult *result);
 static void check_long_transactions(CheckContext *ctx, CheckResult *result);
 static void check_prepared_transactions(CheckContext *ctx, CheckResult *result);
@@ -123,6 +125,7 @@ static const CheckEntry check_list[] =
 	{"wal_senders", check_wal_senders, true, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED},
 	{"replication_privilege", check_replication_privilege, true, ERRCODE_INSUFFICIENT_PRIVILEGE},
 	{"target_workers", check_target_workers, true, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED},
+	{"replication_origins", check_replication_origins, true, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED},
 	{"same_database", check_same_database, true, ERRCODE_INVALID_PARAMETER_VALUE},
 	{"leftovers", check_leftovers, true, ERRCODE_DUPLICATE_OBJECT},
 	{"publication_privilege", check_publication_privilege, true, ERRCODE_INSUFFICIENT_PRIVILEGE},
@@ -138,6 +141,7 @@ static const CheckEntry check_list[] =
 	{"target_tables_empty", check_target_tables_empty, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
 	{"fence_locks", check_fence_locks, true, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED},
 	{"unlogged_tables", check_unlogged_tables, false, 0},
+	{"truncate_replication", check_truncate_replication, false, 0},
 	{"large_objects", check_large_objects, false, 0},
 	{"materialized_views", check_materialized_views, false, 0},
 	{"missing_sequences", check_missing_sequences, false, 0},
@@ -183,7 +187,8 @@ run_checks(PGconn *conn, bool ignore_missing, bool defer_copy,
 		check_list[i].function(&ctx, result);
 		if (result->ok)
 			result->hint = NULL;
-		results = lappend(results, result);
+		if (!result->not_applicable)
+			results = lappend(results, result);
 
 		if (!ctx.features.supported)
 			break;				/* server_version failed: nothing else applies */
@@ -387,7 +392,11 @@ check_replication_privilege(CheckContext *ctx, CheckResult *result)
 
 /*
  * target_workers: free background worker and logical replication worker
- * slots here.
+ * slots here.  Background workers are every process in pg_stat_activity
+ * that is not one of the server's own kinds (those of 17 and 18 included:
+ * walsummarizer, slotsync worker, io worker); logical replication workers
+ * are called "logical replication worker" up to 16 and "logical replication
+ * apply / tablesync / parallel worker" from 17.
  */
 static void
 check_target_workers(CheckContext *ctx, CheckResult *result)
@@ -396,12 +405,13 @@ check_target_workers(CheckContext *ctx, CheckResult *result)
 	int			free_background;
 
 	SPI_connect();
-	if (zdm_spi_execute("SELECT count(*) FILTER (WHERE backend_type = 'logical replication worker'), "
+	if (zdm_spi_execute("SELECT count(*) FILTER (WHERE backend_type LIKE 'logical replication%worker'), "
 						"       count(*) FILTER (WHERE backend_type NOT IN ("
 						"         'client backend', 'checkpointer', 'background writer', "
 						"         'walwriter', 'autovacuum launcher', 'autovacuum worker', "
 						"         'archiver', 'startup', 'walreceiver', 'walsender', "
-						"         'standalone backend', 'logger')) "
+						"         'standalone backend', 'logger', 'walsummarizer', "
+						"         'slotsync worker', 'io worker')) "
 						"FROM pg_catalog.pg_stat_activity", 0, NULL, NULL, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not count the workers of the target");
 	free_logical = setting_int("max_logical_replication_workers") -
@@ -416,6 +426,34 @@ check_target_workers(CheckContext *ctx, CheckResult *result)
 							  ctx->needed, ctx->needed + 1,
 							  ctx->defer_copy ? "" : ", table synchronization worker");
 	result->hint = pstrdup("Raise max_logical_replication_workers and max_worker_processes on this target (needs a restart).");
+}
+
+/*
+ * replication_origins: the subscription tracks its progress in a
+ * replication origin, and each table synchronization in one more, in a
+ * fixed-size array (max_active_replication_origins from 18, before that
+ * max_replication_slots of this target).
+ */
+static void
+check_replication_origins(CheckContext *ctx, CheckResult *result)
+{
+	int			used;
+	int			limit = setting_int(ZDM_ORIGINS_SETTING);
+
+	SPI_connect();
+	if (zdm_spi_execute("SELECT count(*) FROM pg_catalog.pg_replication_origin_status",
+						0, NULL, NULL, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not count the replication origins of the target");
+	used = atoi(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+	SPI_finish();
+
+	result->ok = limit - used >= ctx->needed;
+	result->detail = psprintf("%d of %s = %d replication origins are free on this target; the migration needs %d (the subscription%s).",
+							  Max(limit - used, 0), ZDM_ORIGINS_SETTING, limit,
+							  ctx->needed,
+							  ctx->defer_copy ? "" : ", one table synchronization");
+	result->hint = psprintf("Raise %s on this target (needs a restart), or drop unused subscriptions.",
+							ZDM_ORIGINS_SETTING);
 }
 
 static void
@@ -500,6 +538,20 @@ check_fence_locks(CheckContext *ctx, CheckResult *result)
 							  (long long) slots, (long long) capacity);
 	result->hint = psprintf("Set max_locks_per_transaction = %lld (or more) on the source and restart it.",
 							(long long) Max(needed, per_xact));
+}
+
+/*
+ * truncate_replication: PostgreSQL 10 does not replicate TRUNCATE.  Only a
+ * row for such a source, like pg_upgrade's checks for one old release.
+ */
+static void
+check_truncate_replication(CheckContext *ctx, CheckResult *result)
+{
+	result->not_applicable = ctx->features.truncate_replicated;
+	result->ok = false;
+	result->detail = psprintf("PostgreSQL %s does not replicate TRUNCATE (from 11 it does): a TRUNCATE of a published table on the source after init leaves the table's rows on the target.",
+							  fact(ctx, FACT_VERSION));
+	result->hint = pstrdup("Do not TRUNCATE published tables on the source until the cutover (DELETE is replicated), or repeat each TRUNCATE on the target.");
 }
 
 static void

@@ -134,6 +134,8 @@ typedef struct CheckResult
 	char	   *detail;			/* a summary, naming at most 10 objects */
 	char	   *hint;
 	List	   *objects;		/* every affected object (C strings) */
+	bool		not_applicable; /* set by a check that does not apply to this
+								 * source: it gets no row */
 } CheckResult;
 
 extern List *run_checks(PGconn *conn, bool ignore_missing, bool defer_copy,
