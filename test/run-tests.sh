@@ -8,23 +8,34 @@
 # It installs PostgreSQL 15 and the build tools if missing, builds and installs
 # the extension, copies the tree to a postgres-owned temporary directory and
 # runs `make installcheck` there as the postgres OS user, in two passes so that
-# a failing pg_regress test does not hide the TAP results:
+# a failing pg_regress test does not hide the TAP results, then the demo:
 #
 #   1. the pg_regress suite (REGRESS), on its own throwaway server
 #      (REGRESS_OPTS --temp-instance), with the TAP tests switched off;
 #   2. the TAP tests (test/t/*.pl, separate source and target clusters), with
-#      REGRESS emptied.
+#      REGRESS emptied;
+#   3. test/demo.sh (about 30 s), which fails on a lost write or a source
+#      still writable after the cutover: one test, passed or failed.
+#
+# A pass that runs no test fails: pg_regress reporting no test, prove
+# reporting no test (TAP switched off in the Makefile or in the installed
+# PostgreSQL build, no test file found) count as one failure each, so that
+# "N passed, 0 failed" always means every pass ran.
 #
 # On failure it prints regression.diffs and the TAP logs.  Either way the
 # outputs are copied to test/output/ in the repository (replacing the previous
 # run's).  The last line printed is always `N passed, N failed` (pg_regress
-# tests plus TAP assertions), and the exit status is non-zero when anything
-# failed -- CI judges by those two.
+# tests plus TAP assertions plus the demo), and the exit status is non-zero
+# when anything failed -- CI judges by those two.
 #
 # Optional environment:
-#   ZDM_REGRESS="a b"          run only these pg_regress tests
-#   ZDM_PROVE_TESTS="test/t/010_x.pl"   run only these TAP files
+#   ZDM_REGRESS="a b"          run only these pg_regress tests ("none": skip
+#                              the pass)
+#   ZDM_PROVE_TESTS="test/t/010_x.pl"   run only these TAP files ("none":
+#                              skip the pass)
+#   ZDM_DEMO=0                 skip the demo
 #   ZDM_KEEP_TMP=1             keep the temporary copy (see test/lib/common.sh)
+# A skipped pass is said so in the output; the whole suite is the default.
 
 set -euo pipefail
 
@@ -173,7 +184,7 @@ copy_outputs() {
     local w=$ZDM_WORKDIR
     rm -rf "$OUTPUT_DIR"
     mkdir -p "$OUTPUT_DIR/regress" "$OUTPUT_DIR/tap"
-    cp "$w"/installcheck-*.log "$OUTPUT_DIR/" 2>/dev/null || true
+    cp "$w"/installcheck-*.log "$w"/demo.log "$OUTPUT_DIR/" 2>/dev/null || true
     cp "$w"/regression.diffs "$w"/regression.out "$OUTPUT_DIR/regress/" 2>/dev/null || true
     [[ -d $w/results ]] && cp -r "$w/results" "$OUTPUT_DIR/regress/"
     [[ -d $w/log ]] && cp -r "$w/log" "$OUTPUT_DIR/regress/"
@@ -184,7 +195,8 @@ copy_outputs() {
 # run_pass NAME LOG COUNTER REPORTER MAKE_ARGS...: one `make installcheck`
 # pass with MAKE_ARGS, its output in LOG; COUNTER LOG prints "passed failed",
 # REPORTER LOG shows what failed.  Adds to PASSED and FAILED (a failing pass
-# with no failed test counts as one failure) and returns make's status.
+# with no failed test counts as one failure, and so does a pass that reports
+# no test at all) and returns make's status, or 1 when no test ran.
 run_pass() {
     local name=$1 log=$2 counter=$3 reporter=$4 rc=0 p f
     shift 4
@@ -192,6 +204,10 @@ run_pass() {
     read -r p f < <("$counter" "$log")
     PASSED=$((PASSED + p))
     FAILED=$((FAILED + f))
+    if [[ $rc -eq 0 && $((p + f)) -eq 0 ]]; then
+        no_tests_ran "$name pass: make succeeded but no test was reported (see $log)"
+        return 1
+    fi
     if [[ $rc -eq 0 ]]; then
         zdm_log "$name pass: $p passed"
         return 0
@@ -202,6 +218,30 @@ run_pass() {
         zdm_warn "$name pass failed (make exit status $rc) with no test reported as failed: counted as one failure"
     else
         zdm_warn "$name pass failed (make exit status $rc): $p passed, $f failed"
+    fi
+    return "$rc"
+}
+
+# A pass that should have run tests and ran none: one failure.
+no_tests_ran() {
+    FAILED=$((FAILED + 1))
+    zdm_warn "$1: counted as one failure"
+}
+
+# Pass 3: the demo, as its README quick start runs it, its output in
+# demo.log of the work directory.  It inherits this script's install lock
+# (test/lib/common.sh), so it does not wait for it.  One test: passed when it
+# exits 0.
+run_demo() {
+    local log=$ZDM_WORKDIR/demo.log rc=0
+    zdm_log "pass 3: the demo (test/demo.sh)"
+    zdm_run_logged "$log" bash "$ZDM_REPO_ROOT/test/demo.sh" || rc=$?
+    if [[ $rc -eq 0 ]]; then
+        PASSED=$((PASSED + 1))
+        zdm_log "demo pass: passed"
+    else
+        FAILED=$((FAILED + 1))
+        zdm_warn "demo pass: test/demo.sh failed (exit status $rc; its output is above and in $log)"
     fi
     return "$rc"
 }
@@ -220,8 +260,11 @@ main() {
     # Pass 1: pg_regress.
     regress=${ZDM_REGRESS:-$(make_var REGRESS)}
     [[ -n ${ZDM_REGRESS:-} ]] && extra_regress=(REGRESS="$ZDM_REGRESS")
-    if [[ -z $regress ]]; then
-        zdm_log "no pg_regress tests in the Makefile"
+    if [[ $regress == none ]]; then
+        zdm_log "pass 1: pg_regress skipped (ZDM_REGRESS=none)"
+    elif [[ -z $regress ]]; then
+        no_tests_ran "no pg_regress tests in the Makefile"
+        status=1
     else
         zdm_log "pass 1: pg_regress ($regress)"
         run_pass pg_regress "$ZDM_WORKDIR/installcheck-regress.log" \
@@ -234,17 +277,30 @@ main() {
     tap_tests=$(make_var TAP_TESTS)
     prove_tests=${ZDM_PROVE_TESTS:-$(make_var PROVE_TESTS)}
     [[ -n ${ZDM_PROVE_TESTS:-} ]] && extra_tap=(PROVE_TESTS="$ZDM_PROVE_TESTS")
-    prove_tests=$(expand_globs "${prove_tests:-t/*.pl}")
-    if [[ -z $tap_tests ]]; then
-        zdm_log "TAP tests are switched off in the Makefile"
-    elif [[ -z $prove_tests ]]; then
-        zdm_log "no TAP test files found"
+    if [[ $prove_tests == none ]]; then
+        zdm_log "pass 2: TAP tests skipped (ZDM_PROVE_TESTS=none)"
+    elif [[ -z $tap_tests ]]; then
+        no_tests_ran "TAP tests are switched off in the Makefile"
+        status=1
+    elif [[ -z $(expand_globs "${prove_tests:-t/*.pl}") ]]; then
+        no_tests_ran "no TAP test files match '${prove_tests:-t/*.pl}'"
+        status=1
     else
+        prove_tests=$(expand_globs "${prove_tests:-t/*.pl}")
         zdm_log "pass 2: TAP tests (${prove_tests//$'\n'/ })"
         rc=0
         run_pass TAP "$ZDM_WORKDIR/installcheck-tap.log" \
             count_prove report_tap_failure \
             REGRESS= "${extra_tap[@]}" || rc=$?
+        [[ $status -eq 0 ]] && status=$rc
+    fi
+
+    # Pass 3: the demo.
+    if [[ ${ZDM_DEMO:-1} == 0 ]]; then
+        zdm_log "pass 3: the demo skipped (ZDM_DEMO=0)"
+    else
+        rc=0
+        run_demo || rc=$?
         [[ $status -eq 0 ]] && status=$rc
     fi
 
