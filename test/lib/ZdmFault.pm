@@ -382,10 +382,11 @@ sub check_completed
 			"SELECT metric || '|' || ok FROM zdm.status() WHERE component = 'overall'"),
 		'completed|true',
 		"$label: zdm.status() says completed");
-	is( $self->{source}->safe_psql('app', q{
+	# the worker drops the slot after the call returned: wait for it
+	ok( $self->{source}->poll_query_until('app', q{
 SELECT (SELECT count(*) FROM pg_replication_slots) || ' slots, '
-    || (SELECT count(*) FROM pg_publication) || ' publications'}),
-		'0 slots, 0 publications',
+    || (SELECT count(*) FROM pg_publication) || ' publications'},
+			'0 slots, 0 publications'),
 		"$label: slot and publication are gone from the source");
 	is($self->{target}->safe_psql('app', 'SELECT count(*) FROM pg_subscription'),
 		'0', "$label: the subscription is gone from the target");
