@@ -17,9 +17,10 @@
 #
 # The target goes silent while the cutover waits (apply stalled): its
 # postmaster and the cutover worker are stopped with SIGSTOP.  The source
-# must unlock itself within zdm.fence_idle_timeout (3 s here) plus a
-# generous margin; once the processes continue, the cutover fails cleanly
-# and a retry completes.
+# must unlock itself zdm.fence_idle_timeout (3 s here) after the fence
+# session's last word: not sooner, and well before the default 10 s
+# (measured on the source's clock); once the processes continue, the
+# cutover fails cleanly and a retry completes.
 #
 # The target stops in immediate mode while the cutover waits: the source is
 # writable at once (the fence's connection closes), and after the restart
