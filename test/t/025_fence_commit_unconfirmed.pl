@@ -30,8 +30,13 @@
 # socket stays open, so only the fence session's lock_timeout (the
 # cutover's remaining time, plus a second) ends the wait on the source.
 # The source must take writes again then -- not before, not long after --
-# with the open transaction untouched.  (client_connection_check_interval,
-# for a target whose connection closes, is not exercised here.)
+# with the open transaction untouched.
+#
+# Target stopped (immediate) while the fence's LOCK waits: the connection
+# closes with the target's processes, and the fence session's
+# client_connection_check_interval (1 s) must end the wait on the source at
+# once, long before lock_timeout (here 10 minutes); after the restart
+# zdm.status() reports the interrupted cutover and a retry completes.
 
 use strict;
 use warnings;
@@ -191,11 +196,12 @@ END { kill 'CONT', @stopped if @stopped; }
 	is(kill('STOP', @stopped), 2,
 		"$label: the target's postmaster and the cutover worker are stopped");
 
-	# This INSERT queues behind the waiting LOCK.  The source clock says when
-	# it got its lock; the clusters share this machine's clock.
+	# This INSERT queues behind the waiting LOCK (its own lock_timeout, 60 s,
+	# is far above the LOCK's).  The source clock says when it got its lock;
+	# the clusters share this machine's clock.
 	my ($ret, $stderr, $id, $unlocked_at) =
 	  $bench->finish_source_write(
-		$bench->start_source_write("$label: unlocked", '120s'));
+		$bench->start_source_write("$label: unlocked", '60s'));
 	is($ret, 0, "$label: the source takes writes while the target is silent")
 	  or diag $stderr;
 	my $secs = $unlocked_at - $called_at;
@@ -218,6 +224,58 @@ END { kill 'CONT', @stopped if @stopped; }
 	isnt($ret, 0, "$label: the cutover fails");
 	unlike($stderr, qr/cutover complete/, "$label: ... and never claims success");
 	$bench->check_recovered($label, $load, undef, $before);
+	$bench->end_fault($fault);
+}
+
+# --- the target stops (immediate) while the fence's LOCK waits ------------------
+
+{
+	my $label = 'target stops while the fence LOCK waits';
+	$bench->new_migration;
+	my $fault = $bench->begin_fault($label);
+	my $load = $bench->start_writers;
+
+	my $open_id = 500001;
+	my $open = $source->background_psql('app');
+	$open->query_safe("BEGIN; INSERT INTO t VALUES ($open_id, '$label: open')");
+
+	my $call = start_cutover_with($target, "SET zdm.lock_grace_period = '10min';",
+		"timeout => '10 min'");
+	ok($source->poll_query_until('app', ZdmFault::FENCE_WAITS_SQL),
+		"$label: the fence's LOCK waits for the open transaction");
+	my $stopped_at = time();
+	$target->stop('immediate');
+	# Queued behind the LOCK; 30 s is far below the LOCK's own lock_timeout.
+	my ($ret, $stderr, $id, $unlocked_at) =
+	  $bench->finish_source_write(
+		$bench->start_source_write("$label: target down", '30s'));
+	is($ret, 0, "$label: the source takes writes while the target is down")
+	  or diag $stderr;
+	my $secs = $unlocked_at - $stopped_at;
+	cmp_ok($secs, '<', 1 + 6,
+		sprintf("$label: the source ended the waiting LOCK within client_connection_check_interval (1 s) + 6 s of the stop (%.2f s)",
+			$secs));
+	is($source->safe_psql('app', ZdmFault::FENCE_WAITS_SQL), 'f',
+		"$label: no fence of pg_zdm left waiting for a lock on the source");
+	$open->query_safe('COMMIT');
+	$bench->ack("t $open_id");
+	$open->quit;
+	($ret, $stderr) = finish_cutover($call);
+	isnt($ret, 0, "$label: the call ends with the server");
+
+	$target->start;
+	my ($value, $bytes, $ok) = split /\|/, status_of($target, 'migration', 'phase');
+	is($ok, 'false', "$label: after the restart zdm.status() phase row is not ok");
+	like($value, qr/cutover interrupted .*source unlocked itself.*CALL zdm\.cutover\(\) again/,
+		"$label: zdm.status() reports the interrupted cutover and what to do");
+	my ($acked, $failed, $lost) = $bench->stop_writers($load);
+	note "$label: writers: $acked acknowledged, $failed failed, $lost lost connection";
+	$bench->no_write_lost($label, 1);
+
+	my $retry_load = $bench->start_writers;
+	my ($r, $out, $err) = psql_verbose($target, 'app', "CALL zdm.cutover(timeout => '2 min')");
+	is($r, 0, "$label: a new CALL zdm.cutover() completes") or diag $err;
+	$bench->check_completed("$label, retry", $retry_load);
 	$bench->end_fault($fault);
 }
 
