@@ -112,12 +112,14 @@ sub start_source_write
 
 # finish_source_write(handle): wait for that write; returns (exit code,
 # stderr, id, when): when is the source's clock (epoch seconds) once the
-# INSERT held its lock, i.e. once no fence stood in its way.
+# INSERT held its lock, i.e. once no fence stood in its way -- infinity when
+# the write failed, so that no "unlocked within" bound can pass then.
 sub finish_source_write
 {
 	my ($self, $bg) = @_;
 	my ($ret, $stdout, $stderr) = finish_background_sql($bg);
-	$self->ack("t $bg->{id}") if $ret == 0;
+	return ($ret, $stderr, $bg->{id}, 9**9**9) if $ret != 0;
+	$self->ack("t $bg->{id}");
 	chomp $stdout;
 	return ($ret, $stderr, $bg->{id}, $stdout);
 }
