@@ -18,6 +18,15 @@
 #      REGRESS emptied.  The cross-version tests get source servers of every
 #      major version 10 to 18 (test/lib/servers.sh).
 #
+# After the passes of target 15 it runs test/demo.sh (about 30 s), which
+# fails on a lost write or a source still writable after the cutover: one
+# test, passed or failed.
+#
+# A pass that runs no test fails: pg_regress reporting no test, prove
+# reporting no test (TAP switched off in the Makefile or in the installed
+# PostgreSQL build, no test file found) count as one failure each, so that
+# "N passed, 0 failed" always means every pass ran.
+#
 # On failure it prints regression.diffs and the TAP logs.  Either way the
 # outputs are copied to test/output/<target version>/ in the repository
 # (replacing the previous run's).  The last line printed is always
@@ -27,8 +36,11 @@
 #
 # Optional environment:
 #   ZDM_TARGETS="15"           test only these target versions (default "15 18")
-#   ZDM_REGRESS="a b"          run only these pg_regress tests
-#   ZDM_PROVE_TESTS="test/t/010_x.pl"   run only these TAP files
+#   ZDM_REGRESS="a b"          run only these pg_regress tests ("none": skip
+#                              the pass)
+#   ZDM_PROVE_TESTS="test/t/010_x.pl"   run only these TAP files ("none":
+#                              skip the pass)
+#   ZDM_DEMO=0                 skip the demo
 #   ZDM_KEEP_TMP=1             keep the temporary copy (see test/lib/common.sh)
 #   ZDM_SOURCE_INSTALLS="10=DIR ..."   migrate from these source servers
 #                              (DIR holds bin/ with initdb, pg_ctl, postgres)
@@ -214,7 +226,7 @@ copy_outputs() {
     local w=$ZDM_WORKDIR out=$OUTPUT_DIR/$ZDM_PG_VERSION
     rm -rf "$out"
     mkdir -p "$out/regress" "$out/tap"
-    cp "$w"/installcheck-*.log "$out/" 2>/dev/null || true
+    cp "$w"/installcheck-*.log "$w"/demo.log "$out/" 2>/dev/null || true
     cp "$w"/regression.diffs "$w"/regression.out "$out/regress/" 2>/dev/null || true
     [[ -d $w/results ]] && cp -r "$w/results" "$out/regress/"
     [[ -d $w/log ]] && cp -r "$w/log" "$out/regress/"
@@ -225,7 +237,8 @@ copy_outputs() {
 # run_pass NAME LOG COUNTER REPORTER MAKE_ARGS...: one `make installcheck`
 # pass with MAKE_ARGS, its output in LOG; COUNTER LOG prints "passed failed",
 # REPORTER LOG shows what failed.  Adds to PASSED and FAILED (a failing pass
-# with no failed test counts as one failure) and returns make's status.
+# with no failed test counts as one failure, and so does a pass that reports
+# no test at all) and returns make's status, or 1 when no test ran.
 run_pass() {
     local name=$1 log=$2 counter=$3 reporter=$4 rc=0 p f
     shift 4
@@ -233,6 +246,10 @@ run_pass() {
     read -r p f < <("$counter" "$log")
     PASSED=$((PASSED + p))
     FAILED=$((FAILED + f))
+    if [[ $rc -eq 0 && $((p + f)) -eq 0 ]]; then
+        no_tests_ran "$name pass: make succeeded but no test was reported (see $log)"
+        return 1
+    fi
     if [[ $rc -eq 0 ]]; then
         zdm_log "$name pass: $p passed"
         return 0
@@ -243,6 +260,30 @@ run_pass() {
         zdm_warn "$name pass failed (make exit status $rc) with no test reported as failed: counted as one failure"
     else
         zdm_warn "$name pass failed (make exit status $rc): $p passed, $f failed"
+    fi
+    return "$rc"
+}
+
+# A pass that should have run tests and ran none: one failure.
+no_tests_ran() {
+    FAILED=$((FAILED + 1))
+    zdm_warn "$1: counted as one failure"
+}
+
+# The demo, as its README quick start runs it, its output in demo.log of the
+# work directory.  It inherits this script's install lock of target 15
+# (test/lib/common.sh), so it does not wait for it.  One test: passed when it
+# exits 0.
+run_demo() {
+    local log=$ZDM_WORKDIR/demo.log rc=0
+    zdm_log "the demo (test/demo.sh)"
+    zdm_run_logged "$log" bash "$ZDM_REPO_ROOT/test/demo.sh" || rc=$?
+    if [[ $rc -eq 0 ]]; then
+        PASSED=$((PASSED + 1))
+        zdm_log "demo: passed"
+    else
+        FAILED=$((FAILED + 1))
+        zdm_warn "demo: test/demo.sh failed (exit status $rc; its output is above and in $log)"
     fi
     return "$rc"
 }
@@ -261,8 +302,11 @@ test_target() {
     # Pass 1: pg_regress.
     regress=${ZDM_REGRESS:-$(make_var REGRESS)}
     [[ -n ${ZDM_REGRESS:-} ]] && extra_regress=(REGRESS="$ZDM_REGRESS")
-    if [[ -z $regress ]]; then
-        zdm_log "no pg_regress tests in the Makefile"
+    if [[ $regress == none ]]; then
+        zdm_log "pass 1 on $ZDM_PG_VERSION: pg_regress skipped (ZDM_REGRESS=none)"
+    elif [[ -z $regress ]]; then
+        no_tests_ran "no pg_regress tests in the Makefile"
+        status=1
     else
         zdm_log "pass 1 on $ZDM_PG_VERSION: pg_regress ($regress)"
         run_pass "pg_regress on $ZDM_PG_VERSION" "$ZDM_WORKDIR/installcheck-regress.log" \
@@ -275,18 +319,29 @@ test_target() {
     tap_tests=$(make_var TAP_TESTS)
     prove_tests=${ZDM_PROVE_TESTS:-$(make_var PROVE_TESTS)}
     [[ -n ${ZDM_PROVE_TESTS:-} ]] && extra_tap=(PROVE_TESTS="$ZDM_PROVE_TESTS")
-    prove_tests=$(expand_globs "${prove_tests:-t/*.pl}")
-    if [[ -z $tap_tests ]]; then
-        zdm_log "TAP tests are switched off in the Makefile"
-    elif [[ -z $prove_tests ]]; then
-        zdm_log "no TAP test files found"
+    if [[ $prove_tests == none ]]; then
+        zdm_log "pass 2 on $ZDM_PG_VERSION: TAP tests skipped (ZDM_PROVE_TESTS=none)"
+    elif [[ -z $tap_tests ]]; then
+        no_tests_ran "TAP tests are switched off in the Makefile"
+        status=1
+    elif [[ -z $(expand_globs "${prove_tests:-t/*.pl}") ]]; then
+        no_tests_ran "no TAP test files match '${prove_tests:-t/*.pl}'"
+        status=1
     else
+        prove_tests=$(expand_globs "${prove_tests:-t/*.pl}")
         source_installs
         zdm_log "pass 2 on $ZDM_PG_VERSION: TAP tests (${prove_tests//$'\n'/ })"
         rc=0
         run_pass "TAP on $ZDM_PG_VERSION" "$ZDM_WORKDIR/installcheck-tap.log" \
             count_prove report_tap_failure \
             REGRESS= "${extra_tap[@]}" || rc=$?
+        [[ $status -eq 0 ]] && status=$rc
+    fi
+
+    # The demo runs its own clusters of target 15.
+    if [[ $ZDM_PG_VERSION == 15 && ${ZDM_DEMO:-1} != 0 ]]; then
+        rc=0
+        run_demo || rc=$?
         [[ $status -eq 0 ]] && status=$rc
     fi
     copy_outputs

@@ -95,6 +95,53 @@ sub source_write
 	return ($ret, $stderr, $id);
 }
 
+# start_source_write(label, lock_timeout): like source_write, but in a psql
+# of its own, returning at once a handle for finish_source_write; for a
+# write that waits behind a fence while the test goes on.
+sub start_source_write
+{
+	my ($self, $label, $lock_timeout) = @_;
+	my $id = $self->{next_id}++;
+	(my $note = $label) =~ s/'/''/g;
+	my $bg = background_sql($self->{source}, 'app',
+		"SET lock_timeout = '" . ($lock_timeout // '60s') . "'",
+		"INSERT INTO t VALUES ($id, '$note') RETURNING extract(epoch FROM clock_timestamp())");
+	$bg->{id} = $id;
+	return $bg;
+}
+
+# finish_source_write(handle): wait for that write; returns (exit code,
+# stderr, id, when): when is the source's clock (epoch seconds) once the
+# INSERT held its lock, i.e. once no fence stood in its way -- infinity when
+# the write failed, so that no "unlocked within" bound can pass then.
+sub finish_source_write
+{
+	my ($self, $bg) = @_;
+	my ($ret, $stdout, $stderr) = finish_background_sql($bg);
+	return ($ret, $stderr, $bg->{id}, 9**9**9) if $ret != 0;
+	$self->ack("t $bg->{id}");
+	chomp $stdout;
+	return ($ret, $stderr, $bg->{id}, $stdout);
+}
+
+# fence_idle_since(): once the fence holds and nothing talks to its session
+# any more, the source's clock (epoch seconds) when that session went idle
+# in its transaction: from then on zdm.fence_idle_timeout runs.  Waits until
+# it is idle.
+sub fence_idle_since
+{
+	my ($self) = @_;
+	my $sql = q{
+SELECT extract(epoch FROM a.state_change) FROM pg_stat_activity a
+WHERE a.application_name = 'pg_zdm' AND a.state = 'idle in transaction'
+  AND EXISTS (SELECT 1 FROM pg_locks l
+              WHERE l.pid = a.pid AND l.relation = 't'::regclass
+                AND l.mode = 'ExclusiveLock' AND l.granted)};
+	$self->{source}->poll_query_until('app', "SELECT count(*) = 1 FROM ($sql) s")
+	  or die 'the fence session of pg_zdm did not go idle in its transaction';
+	return $self->{source}->safe_psql('app', $sql);
+}
+
 # start_writers(): two writers on w of the source (a persistent session
 # and a client that reconnects for every transaction), running until
 # stop_writers; returns once both have commits acknowledged.
@@ -382,10 +429,11 @@ sub check_completed
 			"SELECT metric || '|' || ok FROM zdm.status() WHERE component = 'overall'"),
 		'completed|true',
 		"$label: zdm.status() says completed");
-	is( $self->{source}->safe_psql('app', q{
+	# the worker drops the slot after the call returned: wait for it
+	ok( $self->{source}->poll_query_until('app', q{
 SELECT (SELECT count(*) FROM pg_replication_slots) || ' slots, '
-    || (SELECT count(*) FROM pg_publication) || ' publications'}),
-		'0 slots, 0 publications',
+    || (SELECT count(*) FROM pg_publication) || ' publications'},
+			'0 slots, 0 publications'),
 		"$label: slot and publication are gone from the source");
 	is($self->{target}->safe_psql('app', 'SELECT count(*) FROM pg_subscription'),
 		'0', "$label: the subscription is gone from the target");

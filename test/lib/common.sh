@@ -114,10 +114,17 @@ zdm_install_packages() {
 # takes the lock of another target).  `make install` puts pg_zdm into the
 # one installation of that PostgreSQL on the machine, so two runs from two
 # checkouts (a test run and a demo, say) would load each other's builds; the
-# second one waits here for the first to end.
+# second one waits here for the first to end.  A script started by one that
+# holds the lock (run-tests.sh runs demo.sh) inherits its descriptor 8 and
+# with it the lock: flock on that same open file succeeds at once, where
+# opening the file anew would wait for the parent for ever.
 zdm_lock_install() {
     local lock=/var/lock/pg_zdm-install.lock
     [[ $ZDM_PG_VERSION == 15 ]] || lock=/var/lock/pg_zdm-install-$ZDM_PG_VERSION.lock
+    if [[ /proc/self/fd/8 -ef $lock ]] && flock -n 8; then
+        zdm_log "holding the install lock of the calling script ($lock)"
+        return 0
+    fi
     exec 8>"$lock"
     if ! flock -n 8; then
         zdm_log "waiting for another pg_zdm run on this machine to end ($lock)"

@@ -258,10 +258,12 @@ like(
 
 # --- detached, completed -----------------------------------------------------
 
-is( $source->safe_psql('app', q{
+# The publication goes with the fence commit; the worker drops the slot
+# after the call returned, once its walsender has let go: wait for it.
+ok( $source->poll_query_until('app', q{
 SELECT (SELECT count(*) FROM pg_replication_slots) || ' slots, '
-    || (SELECT count(*) FROM pg_publication) || ' publications'}),
-	'0 slots, 0 publications',
+    || (SELECT count(*) FROM pg_publication) || ' publications'},
+		'0 slots, 0 publications'),
 	'slot and publication are gone from the source');
 is($target->safe_psql('app', 'SELECT count(*) FROM pg_subscription'),
 	'0', 'the subscription is gone from the target');

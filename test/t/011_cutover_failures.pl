@@ -145,11 +145,17 @@ sub wait_for_fence
 	my $label = 'copy not finished';
 	my $copy_stall = stall('big');
 	$target->safe_psql('app', "CALL zdm.init('" . source_dsn($source) . "')");
-	isnt(
-		$target->safe_psql('app',
-			"SELECT state FROM zdm.tables() WHERE table_name = 'big'"),
-		'ready',
-		"$label: the copy of big is held back");
+	# The stall works: the table-sync worker of big has started and waits
+	# for the lock on big, and has copied nothing.
+	ok( $target->poll_query_until('app', q{
+SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_subscription s ON s.pid = l.pid
+               WHERE s.relid = 'big'::regclass
+                 AND l.relation = 'big'::regclass AND NOT l.granted)}),
+		"$label: the copy of big waits for the lock on the target");
+	is( $target->safe_psql('app',
+			"SELECT state || '|' || (SELECT count(*) FROM big) FROM zdm.tables() WHERE table_name = 'big'"),
+		'copying|0',
+		"$label: the copy of big is held back (copying, no row yet)");
 
 	my ($ret, $stdout, $stderr) =
 	  psql_verbose($target, 'app', 'CALL zdm.cutover()');
@@ -168,6 +174,10 @@ sub wait_for_fence
 		"$label: no zdm_fence schema on the source");
 	is($target->safe_psql('app', 'SELECT phase FROM zdm.migration'),
 		'streaming', "$label: the migration is still streaming");
+	is( $target->safe_psql('app',
+			"SELECT state || '|' || (SELECT count(*) FROM big) FROM zdm.tables() WHERE table_name = 'big'"),
+		'copying|0',
+		"$label: the copy of big was still held back after the refused cutover");
 
 	release_stall($copy_stall);
 	wait_until_ready($target);

@@ -153,10 +153,12 @@ foreach my $table (sort keys %tables)
 		"INSERT INTO $table (note) VALUES ('after cutover')");
 	is(sqlstate_of($err), '25006', "$table: the source rejects writes");
 }
-is( $source->safe_psql('app', q{
+# The publication goes with the fence commit; the worker drops the slot
+# after the call returned, once its walsender has let go: wait for it.
+ok( $source->poll_query_until('app', q{
 SELECT (SELECT count(*) FROM pg_replication_slots) || ' slots, '
-    || (SELECT count(*) FROM pg_publication) || ' publications'}),
-	'0 slots, 0 publications',
+    || (SELECT count(*) FROM pg_publication) || ' publications'},
+		'0 slots, 0 publications'),
 	'slot and publication are gone from the source');
 
 done_testing();

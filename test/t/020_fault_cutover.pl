@@ -138,13 +138,23 @@ foreach my $how ('cancel', 'terminate')
 			ZdmFault::worker_waits_sql("l.relation = 'w_id_seq'::regclass")),
 		"$label: the worker waits for the sequence, inside the sequence sync");
 
+	# The worker is stuck on a lock here: nothing talks to the fence session
+	# any more.  A write queues behind the fence from now on.
+	my $idle_since = $bench->fence_idle_since;
+	my $write = $bench->start_source_write("$label: while the worker is stuck");
 	$bench->stop_caller($label, $call, $how);
-	# The worker is stuck on a lock here and does not see that its caller
-	# went away; the fence session idles, and the source ends it after
-	# zdm.fence_idle_timeout.
-	my ($ret, $stderr) = $bench->source_write("$label: while the worker is stuck");
+	# The worker does not see that its caller went away; the fence session
+	# idles, and the source ends it zdm.fence_idle_timeout (3 s, set by the
+	# caller) after it went idle: not sooner, and well before the default
+	# 10 s.  Both times are the source's clock.
+	my ($ret, $stderr, $id, $unlocked_at) = $bench->finish_source_write($write);
 	is($ret, 0, "$label: the source takes writes while the worker is still stuck")
 	  or diag $stderr;
+	my $secs = $unlocked_at - $idle_since;
+	cmp_ok($secs, '>=', 3 - 0.1,
+		sprintf("$label: the source stayed locked until zdm.fence_idle_timeout (3 s) had passed (%.2f s)", $secs));
+	cmp_ok($secs, '<', 3 + 4,
+		sprintf("$label: the source unlocked itself within zdm.fence_idle_timeout (3 s) + 4 s, before the default 10 s (%.2f s)", $secs));
 	is($target->safe_psql('app', 'SELECT phase FROM zdm.migration'),
 		'cutover', "$label: the migration row still says cutover");
 	like(status_of($target, 'migration', 'phase'), qr/^cutover in progress/,

@@ -17,9 +17,10 @@
 #
 # The target goes silent while the cutover waits (apply stalled): its
 # postmaster and the cutover worker are stopped with SIGSTOP.  The source
-# must unlock itself within zdm.fence_idle_timeout (3 s here) plus a
-# generous margin; once the processes continue, the cutover fails cleanly
-# and a retry completes.
+# must unlock itself zdm.fence_idle_timeout (3 s here) after the fence
+# session's last word: not sooner, and well before the default 10 s
+# (measured on the source's clock); once the processes continue, the
+# cutover fails cleanly and a retry completes.
 #
 # The target stops in immediate mode while the cutover waits: the source is
 # writable at once (the fence's connection closes), and after the restart
@@ -154,20 +155,29 @@ END { kill 'CONT', @stopped if @stopped; }
 		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_zdm cutover'");
 	@stopped = (ZdmFault::postmaster_pid($target), $worker);
 	is(kill('STOP', @stopped), 2, "$label: the target's postmaster and the cutover worker are stopped");
-	my $start = time();
 	is($source->safe_psql('app', $fence_held_sql), 't',
 		"$label: the fence still holds right after the stop");
 
-	# The source must unlock itself: its fence session ends after
-	# zdm.fence_idle_timeout without a word from the worker.  Writers wait
-	# until then; so does this INSERT.
-	my ($ret, $stderr) = $bench->source_write("$label: unlocked", '120s');
-	my $secs = time() - $start;
+	# The source must unlock itself: its fence session ends
+	# zdm.fence_idle_timeout after the worker's last word.  Writers wait
+	# until then; so does this INSERT.  Both times are the source's clock:
+	# when the fence session went idle (its last ping) and when the INSERT
+	# got its lock.  The unlock must come no sooner than the 3 s set here
+	# (it is the timeout that ends the fence, nothing else) and well before
+	# the default 10 s (the worker used the caller's setting).
+	my $idle_since = $bench->fence_idle_since;
+	my ($ret, $stderr, $id, $unlocked_at) =
+	  $bench->finish_source_write(
+		$bench->start_source_write("$label: unlocked", '120s'));
 	is($ret, 0, "$label: the source takes writes while the target is silent")
 	  or diag $stderr;
-	cmp_ok($secs, '<', $idle_timeout_s + 30,
-		"$label: the source unlocked itself within zdm.fence_idle_timeout ($idle_timeout_s s) + 30 s (took "
-		  . sprintf('%.1f', $secs) . ' s)');
+	my $secs = $unlocked_at - $idle_since;
+	cmp_ok($secs, '>=', $idle_timeout_s - 0.1,
+		sprintf("$label: the source stayed locked until zdm.fence_idle_timeout (%d s) had passed (%.2f s)",
+			$idle_timeout_s, $secs));
+	cmp_ok($secs, '<', $idle_timeout_s + 4,
+		sprintf("$label: the source unlocked itself within zdm.fence_idle_timeout (%d s) + 4 s, before the default 10 s (%.2f s)",
+			$idle_timeout_s, $secs));
 	is($source->safe_psql('app', $fence_held_sql), 'f',
 		"$label: no fence lock left on the source");
 	like( $source->safe_psql('app', 'SELECT 1'), qr/^1$/,
