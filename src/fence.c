@@ -128,14 +128,16 @@ terminate_blockers(PGconn *control, int fence_pid)
  * queued request would keep blocking writers).  Returns once the locks are
  * granted, the session in an open transaction holding them.  While it waits,
  * still_wanted(arg) is called on every wakeup and throws when the cutover
- * must stop (timeout, cancel).  *ntables receives how many tables are fenced.
+ * must stop (timeout, cancel).  tables are the published tables, as
+ * fence_published_tables returned them before the fence (fetched once, so
+ * that nothing proportional to the table count runs twice); fence_verify
+ * then proves that they are still every published table.
  */
 void
-fence_acquire(const char *dsn, PGconn *control, PGconn **fence_out,
-			  int *ntables, int lock_timeout_ms,
+fence_acquire(const char *dsn, PGconn *control, List *tables,
+			  PGconn **fence_out, int lock_timeout_ms,
 			  void (*still_wanted) (void *arg), void *arg)
 {
-	List	   *tables = fence_published_tables(control);
 	TimestampTz started = GetCurrentTimestamp();
 	TimestampTz next_terminate;
 	StringInfoData sql;
@@ -147,7 +149,6 @@ fence_acquire(const char *dsn, PGconn *control, PGconn **fence_out,
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("publication %s on the source has no tables to fence", ZDM_PUBLICATION)));
-	*ntables = list_length(tables);
 
 	fence = remote_connect(dsn, "to fence writes");
 	remote_keep_across_abort(fence);
@@ -201,39 +202,86 @@ fence_acquire(const char *dsn, PGconn *control, PGconn **fence_out,
 }
 
 /*
- * fence_make_permanent: in the fence transaction, create what keeps the
- * source read-only once the fence commits: a trigger on every published
- * table rejecting writes.  Sent without waiting; fence_commit collects it.
+ * fence_verify: with the fence held, prove that the locked tables are still
+ * exactly the published ones -- a table created (FOR ALL TABLES) or added
+ * to the publication between the listing and the lock would not be fenced.
+ * One query of constant size, whatever the table count: every published
+ * table must be locked EXCLUSIVE by the fence session, and there must be as
+ * many as the fence locked (ntables, the length of fence_acquire's list).
+ * Throws, naming the count, when they differ.
  */
 void
-fence_make_permanent(PGconn *fence, PGconn *control)
+fence_verify(PGconn *control, PGconn *fence, int ntables)
 {
-	List	   *tables = fence_published_tables(control);
+	char		pid[16];
+	const char *params[1] = {pid};
+	RemoteResult *res;
+	long		published;
+	long		locked;
+
+	snprintf(pid, sizeof(pid), "%d", PQbackendPID(fence));
+	res = remote_query(control,
+					   "SELECT count(*), count(l.relation) "
+					   "FROM pg_publication_tables p "
+					   "JOIN pg_namespace n ON n.nspname = p.schemaname "
+					   "JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename "
+					   "LEFT JOIN (SELECT DISTINCT relation FROM pg_locks "
+					   "  WHERE locktype = 'relation' AND pid = $1::int "
+					   "    AND mode = 'ExclusiveLock' AND granted "
+					   "    AND database = (SELECT oid FROM pg_database "
+					   "                    WHERE datname = current_database())) l "
+					   "  ON l.relation = c.oid "
+					   "WHERE p.pubname = '" ZDM_PUBLICATION "'",
+					   1, params, "verifying the fence");
+	published = atol(remote_value(res, 0, 0));
+	locked = atol(remote_value(res, 0, 1));
+	if (published != ntables || locked != ntables)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the published tables changed while the cutover fenced them"),
+				 errdetail("The fence locked %d tables; the publication now has %ld, %ld of them locked. Writes were blocked; the fence is released.",
+						   ntables, published, locked),
+				 errhint("Run ALTER SUBSCRIPTION %s REFRESH PUBLICATION on this target (outside a transaction block), wait until zdm.status() is ready, and cut over again.",
+						 ZDM_SUBSCRIPTION)));
+}
+
+/*
+ * fence_make_permanent: in the fence transaction, create what keeps the
+ * source read-only once the fence commits: a trigger on every published
+ * table rejecting writes.  One statement of constant size that loops over
+ * the publication on the source (fence_verify proved it is the fenced set):
+ * sending a CREATE TRIGGER per table would make the message, and its parse
+ * on the source, grow with the table count.  Sent without waiting, as soon
+ * as the fence holds, so that it runs while the target catches up;
+ * fence_commit collects it.
+ */
+void
+fence_make_permanent(PGconn *fence)
+{
 	StringInfoData sql;
 	SourceFeatures features;
-	ListCell   *lc;
 
 	/* PostgreSQL 10 spells it EXECUTE PROCEDURE */
 	source_features(fence, &features);
 	initStringInfo(&sql);
-	appendStringInfoString(&sql,
-						   "CREATE SCHEMA " ZDM_FENCE_SCHEMA "; "
-						   "CREATE FUNCTION " ZDM_FENCE_SCHEMA ".reject_write() "
-						   "RETURNS trigger LANGUAGE plpgsql AS $zdm$ BEGIN "
-						   "RAISE EXCEPTION USING ERRCODE = 'read_only_sql_transaction', "
-						   "MESSAGE = 'this database was migrated by pg_zdm and is read-only', "
-						   "HINT = 'Write to the new server. To make this one writable again: "
-						   "DROP SCHEMA " ZDM_FENCE_SCHEMA " CASCADE.'; "
-						   "END $zdm$; ");
-	foreach(lc, tables)
-		appendStringInfo(&sql,
-						 "CREATE TRIGGER zdm_reject_write BEFORE INSERT OR UPDATE "
-						 "OR DELETE OR TRUNCATE ON %s FOR EACH STATEMENT "
-						 "EXECUTE %s " ZDM_FENCE_SCHEMA ".reject_write(); "
-						 "ALTER TABLE %s ENABLE ALWAYS TRIGGER zdm_reject_write; ",
-						 (char *) lfirst(lc),
-						 features.execute_function ? "FUNCTION" : "PROCEDURE",
-						 (char *) lfirst(lc));
+	appendStringInfo(&sql,
+					 "CREATE SCHEMA " ZDM_FENCE_SCHEMA "; "
+					 "CREATE FUNCTION " ZDM_FENCE_SCHEMA ".reject_write() "
+					 "RETURNS trigger LANGUAGE plpgsql AS $zdm$ BEGIN "
+					 "RAISE EXCEPTION USING ERRCODE = 'read_only_sql_transaction', "
+					 "MESSAGE = 'this database was migrated by pg_zdm and is read-only', "
+					 "HINT = 'Write to the new server. To make this one writable again: "
+					 "DROP SCHEMA " ZDM_FENCE_SCHEMA " CASCADE.'; "
+					 "END $zdm$; "
+					 "DO $zdm$ DECLARE t text; BEGIN "
+					 "FOR t IN SELECT format('%%I.%%I', schemaname, tablename) "
+					 "  FROM pg_publication_tables WHERE pubname = '" ZDM_PUBLICATION "' LOOP "
+					 "EXECUTE 'CREATE TRIGGER zdm_reject_write BEFORE INSERT OR UPDATE "
+					 "OR DELETE OR TRUNCATE ON ' || t || ' FOR EACH STATEMENT "
+					 "EXECUTE %s " ZDM_FENCE_SCHEMA ".reject_write()'; "
+					 "EXECUTE 'ALTER TABLE ' || t || ' ENABLE ALWAYS TRIGGER zdm_reject_write'; "
+					 "END LOOP; END $zdm$",
+					 features.execute_function ? "FUNCTION" : "PROCEDURE");
 	remote_send(fence, sql.data, "making the source read-only");
 	permanent_pending = true;
 }

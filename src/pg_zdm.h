@@ -157,10 +157,11 @@ typedef enum FenceOutcome
 	FENCE_UNKNOWN
 } FenceOutcome;
 
-extern void fence_acquire(const char *dsn, PGconn *control, PGconn **fence_out,
-						  int *ntables, int lock_timeout_ms,
+extern void fence_acquire(const char *dsn, PGconn *control, List *tables,
+						  PGconn **fence_out, int lock_timeout_ms,
 						  void (*still_wanted) (void *arg), void *arg);
-extern void fence_make_permanent(PGconn *fence, PGconn *control);
+extern void fence_verify(PGconn *control, PGconn *fence, int ntables);
+extern void fence_make_permanent(PGconn *fence);
 extern void fence_ping(PGconn *fence);
 extern void fence_finish_permanent(PGconn *fence);
 extern bool fence_commit(PGconn *fence);

@@ -522,10 +522,13 @@ commit_fence(CutoverRun *run)
 
 /*
  * Refuse when the publication and the subscription disagree about the
- * tables (see subscription_table_mismatch).
+ * tables (see subscription_table_mismatch).  Returns the published tables,
+ * which the fence then locks: they are listed once per cutover, before any
+ * lock, and fence_verify proves with one small query that the fence holds
+ * them all.
  */
-static void
-check_same_tables(CutoverRun *run, const char *when)
+static List *
+check_same_tables(CutoverRun *run)
 {
 	List	   *published = fence_published_tables(run->control);
 	MemoryContext callercxt = CurrentMemoryContext;
@@ -542,10 +545,11 @@ check_same_tables(CutoverRun *run, const char *when)
 	if (mismatch != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the publication and the subscription do not cover the same tables %s", when),
+				 errmsg("the publication and the subscription do not cover the same tables (the source was not locked)"),
 				 errdetail("Tables: %s.", mismatch),
 				 errhint("Run ALTER SUBSCRIPTION %s REFRESH PUBLICATION on this target (outside a transaction block), wait until zdm.status() is ready, and cut over again.",
 						 ZDM_SUBSCRIPTION)));
+	return published;
 }
 
 /*
@@ -570,7 +574,7 @@ cutover_steps(CutoverRun *run)
 {
 	const char *dsn = run->state.source_conninfo;
 	RemoteResult *res;
-	int			ntables;
+	List	   *tables;
 
 	run->control = remote_connect(dsn, "to cut over");
 	remote_keep_across_abort(run->control);
@@ -598,22 +602,23 @@ cutover_steps(CutoverRun *run)
 		in_transaction(mark_streaming, run);
 
 	check_subscription_ready(run);
-	check_same_tables(run, "(the source was not locked)");
+	tables = check_same_tables(run);
 	in_transaction(mark_cutover_started, run);
 
 	come_close(run);
 	run->fence_started = GetCurrentTimestamp();
-	fence_acquire(dsn, run->control, &run->fence, &ntables,
+	fence_acquire(dsn, run->control, tables, &run->fence,
 				  (int) Min(TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
 															run->deadline) + 1000,
 							INT_MAX),
 				  still_wanted_while_fencing, run);
-	check_same_tables(run, "(writes were blocked; the fence is released)");
+	/* the triggers are created while the rest goes on */
+	fence_make_permanent(run->fence);
+	fence_verify(run->control, run->fence, list_length(tables));
 	ereport(NOTICE,
 			(errmsg("writes blocked on the source: %d tables fenced in %.1f ms",
-					ntables,
+					list_length(tables),
 					(double) (GetCurrentTimestamp() - run->fence_started) / 1000.0)));
-	fence_make_permanent(run->fence, run->control);
 
 	res = remote_query(run->control,
 					   "SELECT pg_logical_emit_message(true, 'pg_zdm', 'cutover')::text",
