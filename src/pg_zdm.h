@@ -170,7 +170,19 @@ extern bool fence_release(PGconn *fence, PGconn *control, const char *dsn);
 extern List *fence_published_tables(PGconn *control);
 
 /* sequences.c */
-extern int	sequences_sync(PGconn *source, int64 buffer, int *unmatched);
+typedef struct SequenceSync
+{
+	int64		set;			/* sequences set here */
+	int			nsource_only;	/* source sequences without counterpart here */
+	char	   *source_only;	/* their names, ", "-separated */
+	int			ntarget_only;	/* sequences here without counterpart there */
+	char	   *target_only;
+	int			nunreadable;	/* source sequences the role may not read */
+	char	   *unreadable;
+} SequenceSync;
+
+extern List *sequences_read(PGconn *source, int *nrows);
+extern void sequences_sync(PGconn *source, int64 buffer, SequenceSync *result);
 
 /*
  * The cutover: shared between the caller of zdm.cutover (cutover.c) and the

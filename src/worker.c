@@ -370,27 +370,66 @@ wait_for_catchup(CutoverRun *run)
 	MemoryContextDelete(loopcxt);
 }
 
+/*
+ * Move the sequences here ahead of the source's (sequences.c), and report
+ * the sequences found on one side only: their values are not carried, so a
+ * default using one may hand out ids the source already used.
+ */
 static void
 set_sequences(CutoverRun *run)
 {
-	int			unmatched = 0;
-	int			set;
+	SequenceSync sync;
 	TimestampTz started = GetCurrentTimestamp();
 	double		took_ms;
+	StringInfoData detail;
 
 	SPI_connect();
-	set = sequences_sync(run->control, run->shared->sequence_buffer, &unmatched);
+	sequences_sync(run->control, run->shared->sequence_buffer, &sync);
 	SPI_finish();
 	took_ms = (double) (GetCurrentTimestamp() - started) / 1000.0;
 
-	event_log("sequences_synced", "%d sequences set to the source's value + %lld in %.1f ms, %d without counterpart here",
-			  set, (long long) run->shared->sequence_buffer, took_ms, unmatched);
+	initStringInfo(&detail);
+	if (sync.nsource_only > 0)
+		appendStringInfo(&detail, "%d sequences of the source have no counterpart on this target and were left alone: %s. ",
+						 sync.nsource_only, sync.source_only);
+	if (sync.ntarget_only > 0)
+		appendStringInfo(&detail, "%d sequences of this target have no counterpart on the source and were not set: %s. ",
+						 sync.ntarget_only, sync.target_only);
+	if (sync.nunreadable > 0)
+		appendStringInfo(&detail, "%d sequences of the source could not be read by the source role (it needs SELECT on them) and were not set: %s. ",
+						 sync.nunreadable, sync.unreadable);
+	if (detail.len > 0)
+		detail.data[--detail.len] = '\0';
+
+	event_log("sequences_synced", "%lld sequences set to the source's value + %lld in %.1f ms%s%s",
+			  (long long) sync.set, (long long) run->shared->sequence_buffer,
+			  took_ms, detail.len > 0 ? "; " : "", detail.data);
 	ereport(NOTICE,
-			(errmsg("%d sequences set to the source's value + %lld in %.1f ms", set,
+			(errmsg("%lld sequences set to the source's value + %lld in %.1f ms",
+					(long long) sync.set,
 					(long long) run->shared->sequence_buffer, took_ms),
-			 unmatched > 0 ?
-			 errdetail("%d sequences of the source have no counterpart on this target and were left alone.",
-					   unmatched) : 0));
+			 detail.len > 0 ? errdetail("%s", detail.data) : 0,
+			 detail.len > 0 ?
+			 errhint("After the cutover, set each of them by hand with setval() past the largest value in use, or drop it if it is not used.") : 0));
+}
+
+/*
+ * Read the source's sequences once before the fence, and forget the
+ * values: the source session then has every sequence in its caches, and
+ * the read that counts, under the fence, is faster.
+ */
+static void
+warm_sequences(CutoverRun *run)
+{
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext,
+											  "pg_zdm sequence warm-up",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+	int			nrows;
+
+	(void) sequences_read(run->control, &nrows);
+	MemoryContextSwitchTo(oldcxt);
+	MemoryContextDelete(cxt);
 }
 
 static void
@@ -606,6 +645,7 @@ cutover_steps(CutoverRun *run)
 	in_transaction(mark_cutover_started, run);
 
 	come_close(run);
+	warm_sequences(run);
 	run->fence_started = GetCurrentTimestamp();
 	fence_acquire(dsn, run->control, tables, &run->fence,
 				  (int) Min(TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
