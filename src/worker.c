@@ -77,13 +77,18 @@ typedef struct CutoverRun
 	TimestampTz fence_started;
 	double		blocked_ms;		/* fence taken until target detached */
 	char	   *final_lsn;
+	int64		apply_errors;	/* error counts when the cutover started */
+	int64		sync_errors;
 } CutoverRun;
 
 /* What one poll of the catch-up sees. */
 typedef struct Progress
 {
 	bool		all_ready;		/* every table ready */
+	bool		enabled;		/* the subscription is enabled */
 	bool		running;		/* apply worker alive and enabled */
+	int64		apply_errors;	/* pg_stat_subscription_stats counts */
+	int64		sync_errors;
 	bool		applied;		/* latest_end_lsn >= target position */
 	bool		flushed;		/* slot confirmed_flush_lsn >= target position */
 	char	   *applied_lsn;	/* latest_end_lsn here, text */
@@ -221,10 +226,12 @@ poll_progress(CutoverRun *run, const char *lsn)
 							  "    WHERE r.srsubid = s.oid AND r.srsubstate <> 'r'), "
 							  "  s.subenabled AND st.pid IS NOT NULL, "
 							  "  coalesce(st.latest_end_lsn >= $1::pg_catalog.pg_lsn, false), "
-							  "  st.latest_end_lsn::text "
+							  "  st.latest_end_lsn::text, s.subenabled, "
+							  "  coalesce(ss.apply_error_count, 0), coalesce(ss.sync_error_count, 0) "
 							  "FROM pg_catalog.pg_subscription s "
 							  "LEFT JOIN pg_catalog.pg_stat_subscription st "
 							  "  ON st.subid = s.oid AND st.relid IS NULL "
+							  "LEFT JOIN pg_catalog.pg_stat_subscription_stats ss ON ss.subid = s.oid "
 							  "WHERE s.oid = $2",
 							  2, types, values, nulls, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the subscription's progress");
@@ -239,6 +246,9 @@ poll_progress(CutoverRun *run, const char *lsn)
 		p.running = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull)) && !isnull;
 		p.applied = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
 		p.applied_lsn = applied_lsn ? MemoryContextStrdup(callercxt, applied_lsn) : NULL;
+		p.enabled = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
+		p.apply_errors = DatumGetInt64(SPI_getbinval(tup, desc, 6, &isnull));
+		p.sync_errors = DatumGetInt64(SPI_getbinval(tup, desc, 7, &isnull));
 	}
 	PopActiveSnapshot();
 	SPI_finish();
@@ -256,8 +266,41 @@ nap(void)
 }
 
 /*
+ * Stop the cutover when the apply worker has reported apply or copy errors
+ * since the cutover started: a change the target cannot apply (a
+ * constraint, trigger or type of the target that the source's rows do not
+ * satisfy) is queued, and the target will not catch up however long the
+ * fence waits -- the worker fails and restarts every
+ * wal_retrieve_retry_interval.  fenced says whether the source is fenced
+ * (the error then releases it).  Called on every poll, every
+ * zdm.poll_interval.
+ */
+static void
+check_apply_errors(CutoverRun *run, Progress *p, bool fenced)
+{
+	int64		apply_new = p->apply_errors - run->apply_errors;
+	int64		sync_new = p->sync_errors - run->sync_errors;
+
+	if (apply_new <= 0 && sync_new <= 0)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 fenced ?
+			 errmsg("replication failed while writes were fenced: the target cannot apply a change of the source") :
+			 errmsg("the apply worker of subscription %s is failing: the target cannot apply a change of the source",
+					ZDM_SUBSCRIPTION),
+			 errdetail("It reported %lld new apply errors and %lld new copy errors while the cutover waited; %s PostgreSQL keeps the error messages only in this server's log.",
+					   (long long) apply_new, (long long) sync_new,
+					   fenced ?
+					   "the fence is released and the source is writable again." :
+					   "the source was not locked."),
+			 errhint("Find the error of the logical replication worker in this server's log and fix its cause (often a constraint, trigger or column type of the target that the source's rows do not satisfy); once zdm.status() shows ready and apply_errors no longer grows, cut over again.")));
+}
+
+/*
  * Refuse to start when the subscription cannot deliver: disabled, its apply
- * worker not running, or tables still being copied.
+ * worker failing or not running, or tables still being copied.  Remembers
+ * the error counts, which every later poll compares with.
  */
 static void
 check_subscription_ready(CutoverRun *run)
@@ -272,18 +315,38 @@ check_subscription_ready(CutoverRun *run)
 	p = poll_progress(run, NULL);
 	if (!p.all_ready)
 		refuse_unfinished_copy();
+	if (!p.enabled)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("subscription %s is disabled", ZDM_SUBSCRIPTION),
+				 errdetail("Nothing is replicated while it is disabled; the source was not locked."),
+				 errhint("Enable it (ALTER SUBSCRIPTION %s ENABLE), wait until zdm.status() is ready, and cut over again.",
+						 ZDM_SUBSCRIPTION)));
+	if (!p.running && p.apply_errors + p.sync_errors > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the apply worker of subscription %s is failing", ZDM_SUBSCRIPTION),
+				 errdetail("The subscription is enabled, but its apply worker is not running and has reported %lld apply errors and %lld copy errors since the statistics were reset; it is restarted every wal_retrieve_retry_interval and fails again while the cause remains. The source was not locked.",
+						   (long long) p.apply_errors, (long long) p.sync_errors),
+				 errhint("Find the error of the logical replication worker in this server's log and fix its cause (often a constraint, trigger or column type of the target that the source's rows do not satisfy); once zdm.status() shows ready and apply_errors no longer grows, cut over again.")));
 	if (!p.running)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("subscription %s is not streaming", ZDM_SUBSCRIPTION),
-				 errdetail("It is disabled or its apply worker is not running; the source was not locked."),
-				 errhint("Enable it (ALTER SUBSCRIPTION %s ENABLE) and check the server log and zdm.status().",
-						 ZDM_SUBSCRIPTION)));
+				 errmsg("the apply worker of subscription %s is not running", ZDM_SUBSCRIPTION),
+				 errdetail("The subscription is enabled and has reported no errors; its worker may be starting or waiting to be restarted. The source was not locked."),
+				 errhint("Retry in a few seconds; if zdm.status() keeps showing the worker not running, this server's log says why.")));
+	run->apply_errors = p.apply_errors;
+	run->sync_errors = p.sync_errors;
 }
 
 /*
  * Before fencing: wait, unlocked, until the slot is less than
  * FENCE_LAG_LIMIT_BYTES behind the source, so the fenced wait is short.
+ * When the apply worker has reported errors before (it is running again,
+ * but the change that failed may still be queued), also wait until the
+ * target has applied what the source had written when this wait began:
+ * only then is the fence taken.  New errors meanwhile end the cutover with
+ * the source never locked.
  */
 static void
 come_close(CutoverRun *run)
@@ -292,11 +355,23 @@ come_close(CutoverRun *run)
 												  "pg_zdm come close",
 												  ALLOCSET_SMALL_SIZES);
 	MemoryContext oldcxt = MemoryContextSwitchTo(loopcxt);
+	char	   *start_lsn = NULL;
+
+	if (run->apply_errors + run->sync_errors > 0)
+	{
+		RemoteResult *res = remote_query(run->control,
+										 "SELECT pg_current_wal_lsn()::text",
+										 0, NULL, "reading the source's position");
+
+		start_lsn = MemoryContextStrdup(oldcxt, remote_value(res, 0, 0));
+	}
 
 	for (;;)
 	{
 		RemoteResult *res;
 		const char *params[1] = {run->state.slot_name};
+		Progress	p;
+		bool		close;
 
 		MemoryContextReset(loopcxt);
 		check_still_wanted(run, "waiting for the target to come close before fencing");
@@ -309,7 +384,11 @@ come_close(CutoverRun *run)
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
 					 errmsg("replication slot %s is missing on the source", run->state.slot_name),
 					 errhint("Run CALL zdm.abort() and start again with zdm.init.")));
-		if (strtoi64(remote_value(res, 0, 0), NULL, 10) <= FENCE_LAG_LIMIT_BYTES)
+		close = strtoi64(remote_value(res, 0, 0), NULL, 10) <= FENCE_LAG_LIMIT_BYTES;
+		p = poll_progress(run, start_lsn);
+		check_apply_errors(run, &p, false);
+		if (close && (start_lsn == NULL ||
+					  (p.all_ready && (p.flushed || (p.applied && p.running)))))
 			break;
 		nap();
 	}
@@ -340,6 +419,7 @@ wait_for_catchup(CutoverRun *run)
 		MemoryContextReset(loopcxt);
 		check_still_wanted(run, "waiting for the target to catch up");
 		p = poll_progress(run, run->final_lsn);
+		check_apply_errors(run, &p, true);
 		if (p.all_ready && (p.flushed || (p.applied && p.running)))
 		{
 			if (!p.flushed)
