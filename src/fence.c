@@ -35,8 +35,9 @@
  *
  * In the same transaction the fence creates what keeps the source read-only
  * after success: schema zdm_fence with a statement trigger on every published
- * table that rejects writes, enabled ALWAYS so that session_replication_role
- * = replica does not skip it.  Committing the fence (fence_commit) is the
+ * table (and every unlogged one) that rejects writes, enabled ALWAYS so that
+ * session_replication_role = replica does not skip it, and, when the role is
+ * a superuser, an event trigger that rejects new tables.  Committing the fence (fence_commit) is the
  * cutover's point of no return: it publishes those triggers and releases the
  * locks in one step, so the writers queued behind the fence wake up to the
  * triggers.  Rolling it back leaves no trace.
@@ -247,22 +248,36 @@ fence_verify(PGconn *control, PGconn *fence, int ntables)
 
 /*
  * fence_make_permanent: in the fence transaction, create what keeps the
- * source read-only once the fence commits: a trigger on every published
- * table rejecting writes.  One statement of constant size that loops over
- * the publication on the source (fence_verify proved it is the fenced set):
- * sending a CREATE TRIGGER per table would make the message, and its parse
- * on the source, grow with the table count.  Sent without waiting, as soon
- * as the fence holds, so that it runs while the target catches up;
- * fence_commit collects it.
+ * source read-only once the fence commits:
+ *
+ * - a trigger rejecting writes on every published table;
+ * - the same on every unlogged table (not replicated, so not fenced, but an
+ *   application still pointed at the source must not write there either);
+ *   each is given at most a second for its lock, and one that is busy or
+ *   not the role's to alter is skipped with a WARNING in the source's log:
+ *   these tables are not part of the migration and must not hold it up;
+ * - when the source role is a superuser (event triggers need one), an
+ *   event trigger rejecting tables created from now on (temporary ones
+ *   excepted): writes to them would not be blocked by any trigger.
+ *
+ * One statement of constant size that loops over the catalogs on the source
+ * (fence_verify proved that the publication is the fenced set): sending a
+ * CREATE TRIGGER per table would make the message, and its parse on the
+ * source, grow with the table count.  Sent without waiting, as soon as the
+ * fence holds, so that it runs while the target catches up; fence_commit
+ * collects it.  Large objects and sequences cannot be protected this way
+ * (README, "What is not migrated").
  */
 void
 fence_make_permanent(PGconn *fence)
 {
 	StringInfoData sql;
 	SourceFeatures features;
+	const char *execute;
 
 	/* PostgreSQL 10 spells it EXECUTE PROCEDURE */
 	source_features(fence, &features);
+	execute = features.execute_function ? "FUNCTION" : "PROCEDURE";
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "CREATE SCHEMA " ZDM_FENCE_SCHEMA "; "
@@ -273,15 +288,47 @@ fence_make_permanent(PGconn *fence)
 					 "HINT = 'Write to the new server. To make this one writable again: "
 					 "DROP SCHEMA " ZDM_FENCE_SCHEMA " CASCADE.'; "
 					 "END $zdm$; "
-					 "DO $zdm$ DECLARE t text; BEGIN "
+					 "DO $zdm$ DECLARE t text; old_timeout text; BEGIN "
 					 "FOR t IN SELECT format('%%I.%%I', schemaname, tablename) "
 					 "  FROM pg_publication_tables WHERE pubname = '" ZDM_PUBLICATION "' LOOP "
 					 "EXECUTE 'CREATE TRIGGER zdm_reject_write BEFORE INSERT OR UPDATE "
 					 "OR DELETE OR TRUNCATE ON ' || t || ' FOR EACH STATEMENT "
 					 "EXECUTE %s " ZDM_FENCE_SCHEMA ".reject_write()'; "
 					 "EXECUTE 'ALTER TABLE ' || t || ' ENABLE ALWAYS TRIGGER zdm_reject_write'; "
-					 "END LOOP; END $zdm$",
-					 features.execute_function ? "FUNCTION" : "PROCEDURE");
+					 "END LOOP; "
+					 "old_timeout := current_setting('lock_timeout'); "
+					 "PERFORM set_config('lock_timeout', '1s', true); "
+					 "FOR t IN SELECT format('%%I.%%I', n.nspname, c.relname) "
+					 "  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+					 "  WHERE c.relkind = 'r' AND c.relpersistence = 'u' "
+					 "    AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema' LOOP "
+					 "BEGIN "
+					 "EXECUTE 'CREATE TRIGGER zdm_reject_write BEFORE INSERT OR UPDATE "
+					 "OR DELETE OR TRUNCATE ON ' || t || ' FOR EACH STATEMENT "
+					 "EXECUTE %s " ZDM_FENCE_SCHEMA ".reject_write()'; "
+					 "EXECUTE 'ALTER TABLE ' || t || ' ENABLE ALWAYS TRIGGER zdm_reject_write'; "
+					 "EXCEPTION WHEN lock_not_available OR insufficient_privilege THEN "
+					 "RAISE WARNING 'pg_zdm: unlogged table %% keeps accepting writes: %%', t, SQLERRM; "
+					 "END; "
+					 "END LOOP; "
+					 "PERFORM set_config('lock_timeout', old_timeout, true); "
+					 "IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN "
+					 "EXECUTE 'CREATE FUNCTION " ZDM_FENCE_SCHEMA ".reject_create() "
+					 "RETURNS event_trigger LANGUAGE plpgsql AS $f$ BEGIN "
+					 "IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() "
+					 "  WHERE object_type = ''table'' AND schema_name !~ ''^pg_temp'') THEN "
+					 "RAISE EXCEPTION USING ERRCODE = ''read_only_sql_transaction'', "
+					 "MESSAGE = ''this database was migrated by pg_zdm and is read-only: no new tables'', "
+					 "HINT = ''Write to the new server. To make this one writable again: "
+					 "DROP SCHEMA " ZDM_FENCE_SCHEMA " CASCADE.''; "
+					 "END IF; END $f$'; "
+					 "EXECUTE 'CREATE EVENT TRIGGER zdm_reject_create ON ddl_command_end "
+					 "WHEN TAG IN (''CREATE TABLE'', ''CREATE TABLE AS'', ''SELECT INTO'') "
+					 "EXECUTE %s " ZDM_FENCE_SCHEMA ".reject_create()'; "
+					 "EXECUTE 'ALTER EVENT TRIGGER zdm_reject_create ENABLE ALWAYS'; "
+					 "END IF; "
+					 "END $zdm$",
+					 execute, execute, execute);
 	remote_send(fence, sql.data, "making the source read-only");
 	permanent_pending = true;
 }
