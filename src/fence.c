@@ -258,7 +258,10 @@ fence_verify(PGconn *control, PGconn *fence, int ntables)
  *   these tables are not part of the migration and must not hold it up;
  * - when the source role is a superuser (event triggers need one), an
  *   event trigger rejecting tables created from now on (temporary ones
- *   excepted): writes to them would not be blocked by any trigger.
+ *   excepted): writes to them would not be blocked by any trigger.  Its
+ *   function runs in every session that creates a table, superusers'
+ *   included, so it pins its search_path: a caller's hostile one must not
+ *   resolve the names it uses.
  *
  * One statement of constant size that loops over the catalogs on the source
  * (fence_verify proved that the publication is the fenced set): sending a
@@ -314,7 +317,8 @@ fence_make_permanent(PGconn *fence)
 					 "PERFORM set_config('lock_timeout', old_timeout, true); "
 					 "IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN "
 					 "EXECUTE 'CREATE FUNCTION " ZDM_FENCE_SCHEMA ".reject_create() "
-					 "RETURNS event_trigger LANGUAGE plpgsql AS $f$ BEGIN "
+					 "RETURNS event_trigger LANGUAGE plpgsql "
+					 "SET search_path = pg_catalog, pg_temp AS $f$ BEGIN "
 					 "IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() "
 					 "  WHERE object_type = ''table'' AND schema_name !~ ''^pg_temp'') THEN "
 					 "RAISE EXCEPTION USING ERRCODE = ''read_only_sql_transaction'', "
