@@ -266,14 +266,18 @@ nap(void)
 }
 
 /*
- * Stop the cutover when the apply worker has reported apply or copy errors
- * since the cutover started: a change the target cannot apply (a
- * constraint, trigger or type of the target that the source's rows do not
- * satisfy) is queued, and the target will not catch up however long the
- * fence waits -- the worker fails and restarts every
- * wal_retrieve_retry_interval.  fenced says whether the source is fenced
- * (the error then releases it).  Called on every poll, every
- * zdm.poll_interval.
+ * Stop the cutover when the apply worker keeps failing: a change the target
+ * cannot apply (a constraint, trigger or type of the target that the
+ * source's rows do not satisfy) is queued, and the target will not catch up
+ * however long the fence waits -- the worker fails, is restarted every
+ * wal_retrieve_retry_interval, and fails again on the same change.
+ *
+ * PostgreSQL 15 counts every error of the worker, a lost connection to the
+ * source included, after which it reconnects and catches up.  So while the
+ * source is fenced (fenced: the error then releases it) the cutover stops
+ * once the worker has failed again after a restart: two new errors since
+ * the cutover started.  Before the fence nothing is locked, and one new
+ * error is enough to refuse.  Called on every poll, every zdm.poll_interval.
  */
 static void
 check_apply_errors(CutoverRun *run, Progress *p, bool fenced)
@@ -281,7 +285,7 @@ check_apply_errors(CutoverRun *run, Progress *p, bool fenced)
 	int64		apply_new = p->apply_errors - run->apply_errors;
 	int64		sync_new = p->sync_errors - run->sync_errors;
 
-	if (apply_new <= 0 && sync_new <= 0)
+	if (apply_new + sync_new < (fenced ? 2 : 1))
 		return;
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -289,8 +293,9 @@ check_apply_errors(CutoverRun *run, Progress *p, bool fenced)
 			 errmsg("replication failed while writes were fenced: the target cannot apply a change of the source") :
 			 errmsg("the apply worker of subscription %s is failing: the target cannot apply a change of the source",
 					ZDM_SUBSCRIPTION),
-			 errdetail("It reported %lld new apply errors and %lld new copy errors while the cutover waited; %s PostgreSQL keeps the error messages only in this server's log.",
+			 errdetail("Its apply worker reported %lld new apply errors and %lld new copy errors while the cutover waited%s; %s PostgreSQL keeps the error messages only in this server's log.",
 					   (long long) apply_new, (long long) sync_new,
+					   fenced ? " (it failed again after a restart)" : "",
 					   fenced ?
 					   "the fence is released and the source is writable again." :
 					   "the source was not locked."),
@@ -342,11 +347,15 @@ check_subscription_ready(CutoverRun *run)
 /*
  * Before fencing: wait, unlocked, until the slot is less than
  * FENCE_LAG_LIMIT_BYTES behind the source, so the fenced wait is short.
- * When the apply worker has reported errors before (it is running again,
- * but the change that failed may still be queued), also wait until the
- * target has applied what the source had written when this wait began:
- * only then is the fence taken.  New errors meanwhile end the cutover with
- * the source never locked.
+ *
+ * When the apply worker has reported errors before, it may be running
+ * again only to fail on the same queued change (it is restarted every
+ * wal_retrieve_retry_interval).  Then the fence also waits until the target
+ * has applied what the source had written when this wait began, for at
+ * most twice that interval: a failing worker reports a new error within
+ * it, and the cutover ends with the source never locked; a worker that is
+ * merely slow or held up by a lock is not failing, and the cutover goes on
+ * (the errors were old).
  */
 static void
 come_close(CutoverRun *run)
@@ -356,6 +365,7 @@ come_close(CutoverRun *run)
 												  ALLOCSET_SMALL_SIZES);
 	MemoryContext oldcxt = MemoryContextSwitchTo(loopcxt);
 	char	   *start_lsn = NULL;
+	TimestampTz watch_until = 0;
 
 	if (run->apply_errors + run->sync_errors > 0)
 	{
@@ -364,6 +374,8 @@ come_close(CutoverRun *run)
 										 0, NULL, "reading the source's position");
 
 		start_lsn = MemoryContextStrdup(oldcxt, remote_value(res, 0, 0));
+		watch_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												  2 * (int64) Max(wal_retrieve_retry_interval, 500));
 	}
 
 	for (;;)
@@ -387,8 +399,11 @@ come_close(CutoverRun *run)
 		close = strtoi64(remote_value(res, 0, 0), NULL, 10) <= FENCE_LAG_LIMIT_BYTES;
 		p = poll_progress(run, start_lsn);
 		check_apply_errors(run, &p, false);
-		if (close && (start_lsn == NULL ||
-					  (p.all_ready && (p.flushed || (p.applied && p.running)))))
+		if (start_lsn != NULL &&
+			((p.all_ready && (p.flushed || (p.applied && p.running))) ||
+			 GetCurrentTimestamp() >= watch_until))
+			start_lsn = NULL;	/* not failing: stop watching */
+		if (close && start_lsn == NULL)
 			break;
 		nap();
 	}
