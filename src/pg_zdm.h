@@ -181,8 +181,11 @@ typedef struct SequenceSync
 	char	   *unreadable;
 } SequenceSync;
 
-extern List *sequences_read(PGconn *source, int *nrows);
-extern void sequences_sync(PGconn *source, int64 buffer, SequenceSync *result);
+typedef struct SequenceCache SequenceCache;
+
+extern SequenceCache *sequences_prefetch(PGconn *source);
+extern void sequences_sync(PGconn *source, int64 buffer, SequenceCache *cache,
+						   SequenceSync *result);
 
 /*
  * The cutover: shared between the caller of zdm.cutover (cutover.c) and the

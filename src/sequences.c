@@ -12,7 +12,14 @@
  * sequence never used, but also one restarted (ALTER SEQUENCE ... RESTART,
  * setval(s, v, false)), whose next value is last_value itself.  For those
  * the state is read from the sequence relation, through query_to_xml so
- * that the statement keeps a constant size however many there are.
+ * that the statement keeps a constant size however many there are.  That
+ * costs a query per sequence on the source (seconds for 20,000 never-used
+ * sequences), so it is done before the fence (sequences_prefetch); under
+ * the fence only pg_sequence_last_value() runs, and a sequence still not
+ * called is re-read only if it is new or has a new relfilenode (ALTER
+ * SEQUENCE ... RESTART makes one).  What that leaves unseen, a setval(s, v,
+ * false) in the seconds between, is a setval during the cutover, which the
+ * fence never blocked anyway (nor nextval: sequence_buffer covers that).
  *
  * Matching: by schema and name first; a column can own two sequences (a
  * serial turned identity keeps its old sequence OWNED BY the column), so
@@ -44,36 +51,44 @@
 
 /*
  * One batch of the source's sequences after seqrelid $1, in OID order:
- * OID, schema, name, last value, is_called, owning schema, table, column.
- * A sequence the role may not read (pg_sequence_last_value raises an error
- * in PostgreSQL 15) comes with NULL state; other sessions' temporary ones
- * and the system's are skipped.  The OID-ordered subquery picks the batch
- * before any function runs, so each statement reads SEQUENCE_BATCH
- * sequences whatever the total.  Lookups are by OID only, so that the plan
- * does not depend on catalog statistics (see target_setval_sql).
+ * OID, relfilenode, schema, name, pg_sequence_last_value (NULL when not
+ * called or not readable), whether the role may read the relation, and
+ * (source_sequences_owners_sql only) the owning schema, table and column.
+ * pg_sequence_last_value raises an error in PostgreSQL 15 for a sequence
+ * the role may not read, hence the privilege test; other sessions'
+ * temporary sequences and the system's are skipped.  The OID-ordered
+ * subquery picks the batch before any function runs, so each statement
+ * reads SEQUENCE_BATCH sequences whatever the total.  Lookups are by OID
+ * only, so that the plan does not depend on catalog statistics.  The
+ * owners are read before the fence only (sequences_prefetch): that lookup
+ * is most of the statement's cost.
  */
-static const char *source_sequences_sql =
-"SELECT b.seqrelid::text, n.nspname, c.relname, "
-"       coalesce(v.lv, substring(v.x FROM '<last_value>(-?[0-9]+)</last_value>')::int8), "
-"       CASE WHEN v.lv IS NOT NULL THEN true WHEN v.x IS NOT NULL "
-"            THEN v.x ~ '<is_called>true</is_called>' END, "
-"       o.tnsp, o.tbl, o.col "
-"FROM (SELECT s.seqrelid FROM pg_sequence s "
-"      WHERE s.seqrelid > $1::oid "
-"        AND (SELECT nspname FROM pg_namespace WHERE oid = "
-"               (SELECT relnamespace FROM pg_class WHERE oid = s.seqrelid)) "
-"            !~ '^pg_|^information_schema$' "
-"      ORDER BY s.seqrelid LIMIT " CppAsString2(SEQUENCE_BATCH) ") b "
-"CROSS JOIN LATERAL (SELECT relname, relnamespace FROM pg_class "
-"                    WHERE oid = b.seqrelid) c "
-"CROSS JOIN LATERAL (SELECT nspname FROM pg_namespace "
+#define SOURCE_SEQUENCES_SELECT \
+"SELECT b.seqrelid::text, c.relfilenode::text, n.nspname, c.relname, " \
+"       CASE WHEN has_sequence_privilege(b.seqrelid, 'SELECT,USAGE') " \
+"         THEN pg_sequence_last_value(b.seqrelid) END, " \
+"       has_sequence_privilege(b.seqrelid, 'SELECT') "
+#define SOURCE_SEQUENCES_FROM \
+"FROM (SELECT s.seqrelid FROM pg_sequence s " \
+"      WHERE s.seqrelid > $1::oid " \
+"        AND (SELECT nspname FROM pg_namespace WHERE oid = " \
+"               (SELECT relnamespace FROM pg_class WHERE oid = s.seqrelid)) " \
+"            !~ '^pg_|^information_schema$' " \
+"      ORDER BY s.seqrelid LIMIT " CppAsString2(SEQUENCE_BATCH) ") b " \
+"CROSS JOIN LATERAL (SELECT relname, relnamespace, relfilenode FROM pg_class " \
+"                    WHERE oid = b.seqrelid) c " \
+"CROSS JOIN LATERAL (SELECT nspname FROM pg_namespace " \
 "                    WHERE oid = c.relnamespace) n "
-"CROSS JOIN LATERAL (SELECT q.lv, "
-"    CASE WHEN q.lv IS NULL AND has_sequence_privilege(b.seqrelid, 'SELECT') "
-"      THEN query_to_xml(format('SELECT last_value, is_called FROM %I.%I', "
-"                               n.nspname, c.relname), false, true, '')::text END AS x "
-"  FROM (SELECT CASE WHEN has_sequence_privilege(b.seqrelid, 'SELECT,USAGE') "
-"          THEN pg_sequence_last_value(b.seqrelid) END AS lv) q) v "
+
+static const char *source_sequences_sql =
+SOURCE_SEQUENCES_SELECT
+SOURCE_SEQUENCES_FROM
+"ORDER BY b.seqrelid";
+
+static const char *source_sequences_owners_sql =
+SOURCE_SEQUENCES_SELECT
+", o.tnsp, o.tbl, o.col "
+SOURCE_SEQUENCES_FROM
 "LEFT JOIN LATERAL (SELECT tn.nspname AS tnsp, tc.relname AS tbl, a.attname AS col "
 "  FROM pg_depend d "
 "  JOIN pg_class tc ON tc.oid = d.refobjid "
@@ -83,6 +98,211 @@ static const char *source_sequences_sql =
 "    AND d.refclassid = 'pg_class'::regclass AND d.refobjsubid > 0 "
 "    AND d.deptype IN ('a', 'i') LIMIT 1) o ON true "
 "ORDER BY b.seqrelid";
+
+/* Columns of source_sequences_sql and source_sequences_owners_sql. */
+#define SRC_OID			0
+#define SRC_FILENODE	1
+#define SRC_NSP			2
+#define SRC_NAME		3
+#define SRC_LAST		4
+#define SRC_READABLE	5
+#define SRC_TNSP		6
+#define SRC_TBL			7
+#define SRC_COL			8
+
+/*
+ * The state of the sequences $1 (OIDs, up to SEQUENCE_BATCH of them, not
+ * called when last read) from their relations: OID, last_value, is_called.
+ * query_to_xml runs the per-sequence query on the source, so the statement
+ * keeps its size; the relation is named by its OID's regclass output,
+ * qualified and quoted under search_path = pg_catalog.
+ */
+static const char *source_relation_state_sql =
+"SELECT s.oid::text, "
+"       substring(q.x FROM '<last_value>(-?[0-9]+)</last_value>'), "
+"       q.x ~ '<is_called>true</is_called>' "
+"FROM unnest($1::oid[]) AS s(oid) "
+"CROSS JOIN LATERAL (SELECT query_to_xml(format('SELECT last_value, is_called FROM %s', "
+"                                               s.oid::regclass), "
+"                                        false, true, '')::text AS x) q";
+
+/* One sequence of the source, as the cutover sees it. */
+typedef struct SourceSequence
+{
+	Oid			oid;
+	Oid			filenode;
+	const char *nsp;
+	const char *name;
+	const char *last;			/* NULL: unknown (not readable) */
+	bool		called;
+	bool		readable;		/* the role may read its relation */
+	bool		via_relation;	/* not called: state read from the relation */
+	const char *tnsp;			/* owning column, or NULLs */
+	const char *tbl;
+	const char *col;
+} SourceSequence;
+
+/*
+ * What sequences_prefetch read before the fence, sorted by OID: every
+ * sequence with its owning column, and for those not called then, their
+ * state read from the relation and the relfilenode it was read from.
+ */
+struct SequenceCache
+{
+	int			n;
+	SourceSequence *seqs;
+};
+
+static int
+compare_oid(const void *a, const void *b)
+{
+	Oid			x = ((const SourceSequence *) a)->oid;
+	Oid			y = ((const SourceSequence *) b)->oid;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/*
+ * Fill in the state of seqs[idx[0..n-1]] (not called, readable) from their
+ * relations on the source, SEQUENCE_BATCH per statement.
+ */
+static void
+read_relation_state(PGconn *source, SourceSequence *seqs, int *idx, int n)
+{
+	int			start;
+
+	for (start = 0; start < n; start += SEQUENCE_BATCH)
+	{
+		int			count = Min(SEQUENCE_BATCH, n - start);
+		StringInfoData oids;
+		const char *params[1];
+		RemoteResult *res;
+		int			i;
+
+		initStringInfo(&oids);
+		appendStringInfoChar(&oids, '{');
+		for (i = 0; i < count; i++)
+			appendStringInfo(&oids, "%s%u", i > 0 ? "," : "", seqs[idx[start + i]].oid);
+		appendStringInfoChar(&oids, '}');
+		params[0] = oids.data;
+		res = remote_query(source, source_relation_state_sql, 1, params,
+						   "reading the sequences");
+		/* rows come in the order of unnest, that of idx */
+		for (i = 0; i < res->ntuples && i < count; i++)
+		{
+			SourceSequence *seq = &seqs[idx[start + i]];
+
+			seq->last = remote_value(res, i, 1);
+			seq->called = remote_value(res, i, 2) != NULL &&
+				strcmp(remote_value(res, i, 2), "t") == 0;
+		}
+	}
+}
+
+/*
+ * Every sequence of the source, in batches of SEQUENCE_BATCH rows; *n
+ * receives how many.  Sequences not called are taken from cache when it
+ * has them with the same relfilenode, and read from their relations
+ * otherwise.
+ */
+static SourceSequence *
+read_sequences(PGconn *source, SequenceCache *cache, int *n)
+{
+	const char *sql = cache ? source_sequences_sql : source_sequences_owners_sql;
+	int			size = 1024;
+	SourceSequence *seqs = palloc(sizeof(SourceSequence) * size);
+	int		   *unread;
+	int			nunread = 0;
+	char	   *after = "0";
+	int			i;
+
+	*n = 0;
+	for (;;)
+	{
+		const char *params[1] = {after};
+		RemoteResult *res = remote_query(source, sql, 1, params,
+										 "reading the sequences");
+		int			row;
+
+		for (row = 0; row < res->ntuples; row++)
+		{
+			SourceSequence *seq;
+
+			if (*n == size)
+			{
+				size *= 2;
+				seqs = repalloc(seqs, sizeof(SourceSequence) * size);
+			}
+			seq = &seqs[(*n)++];
+			seq->oid = (Oid) strtoul(remote_value(res, row, SRC_OID), NULL, 10);
+			seq->filenode = (Oid) strtoul(remote_value(res, row, SRC_FILENODE), NULL, 10);
+			seq->nsp = remote_value(res, row, SRC_NSP);
+			seq->name = remote_value(res, row, SRC_NAME);
+			seq->last = remote_value(res, row, SRC_LAST);
+			seq->called = seq->last != NULL;
+			seq->readable = strcmp(remote_value(res, row, SRC_READABLE), "t") == 0;
+			seq->via_relation = false;
+			seq->tnsp = cache ? NULL : remote_value(res, row, SRC_TNSP);
+			seq->tbl = cache ? NULL : remote_value(res, row, SRC_TBL);
+			seq->col = cache ? NULL : remote_value(res, row, SRC_COL);
+		}
+		if (res->ntuples < SEQUENCE_BATCH)
+			break;
+		after = pstrdup(remote_value(res, res->ntuples - 1, SRC_OID));
+	}
+
+	unread = palloc(sizeof(int) * Max(*n, 1));
+	for (i = 0; i < *n; i++)
+	{
+		SourceSequence *seq = &seqs[i];
+		SourceSequence *known = NULL;
+
+		if (cache != NULL && cache->n > 0)
+			known = bsearch(seq, cache->seqs, cache->n, sizeof(SourceSequence),
+							compare_oid);
+		if (known != NULL)
+		{
+			seq->tnsp = known->tnsp;
+			seq->tbl = known->tbl;
+			seq->col = known->col;
+		}
+		if (seq->called || !seq->readable)
+			continue;
+		seq->via_relation = true;
+		if (known != NULL && known->via_relation && known->last != NULL &&
+			known->filenode == seq->filenode)
+		{
+			seq->last = known->last;
+			seq->called = known->called;
+		}
+		else
+			unread[nunread++] = i;
+	}
+	read_relation_state(source, seqs, unread, nunread);
+	return seqs;
+}
+
+/*
+ * sequences_prefetch: read every sequence of the source, those not called
+ * from their relations, before the fence, and keep what the cutover needs
+ * to skip that costly read under the fence (see the file header).  The
+ * result lives in the current memory context.
+ */
+SequenceCache *
+sequences_prefetch(PGconn *source)
+{
+	SequenceCache *cache = palloc0(sizeof(SequenceCache));
+	SourceSequence *seqs;
+	int			n;
+	int			i;
+
+	seqs = read_sequences(source, NULL, &n);
+	cache->seqs = palloc(sizeof(SourceSequence) * Max(n, 1));
+	for (i = 0; i < n; i++)
+		cache->seqs[cache->n++] = seqs[i];
+	qsort(cache->seqs, cache->n, sizeof(SourceSequence), compare_oid);
+	return cache;
+}
 
 /*
  * Map each source sequence to one here and set it, all in one statement.
@@ -101,14 +321,16 @@ static const char *target_setval_sql =
 "named AS ("
 "  SELECT src.*, "
 "    (SELECT c.oid FROM pg_catalog.pg_class c "
-"      WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass("
-"          pg_catalog.quote_ident(src.nsp) OPERATOR(pg_catalog.||) '.' "
-"          OPERATOR(pg_catalog.||) pg_catalog.quote_ident(src.seq))::pg_catalog.oid "
-"        AND c.relkind OPERATOR(pg_catalog.=) 'S') AS byname, "
-"    CASE WHEN src.tbl IS NOT NULL THEN pg_catalog.to_regclass("
-"      pg_catalog.quote_ident(src.tnsp) OPERATOR(pg_catalog.||) '.' "
-"      OPERATOR(pg_catalog.||) pg_catalog.quote_ident(src.tbl))::pg_catalog.oid END AS tblid "
+"      JOIN pg_catalog.pg_namespace ns ON ns.oid OPERATOR(pg_catalog.=) c.relnamespace "
+"      WHERE c.relname OPERATOR(pg_catalog.=) src.seq::pg_catalog.name "
+"        AND ns.nspname OPERATOR(pg_catalog.=) src.nsp::pg_catalog.name "
+"        AND c.relkind OPERATOR(pg_catalog.=) 'S') AS byname "
 "  FROM src), "
+"named2 AS ("
+"  SELECT n.*, CASE WHEN n.byname IS NULL AND n.tbl IS NOT NULL THEN "
+"    pg_catalog.to_regclass(pg_catalog.quote_ident(n.tnsp) OPERATOR(pg_catalog.||) '.' "
+"      OPERATOR(pg_catalog.||) pg_catalog.quote_ident(n.tbl))::pg_catalog.oid END AS tblid "
+"  FROM named n), "
 "mapped AS ("
 "  SELECT n.*, coalesce(n.byname, CASE WHEN n.byname IS NULL AND n.tblid IS NOT NULL THEN "
 "    (SELECT CASE WHEN pg_catalog.count(*) OPERATOR(pg_catalog.=) 1 THEN pg_catalog.min(d.objid) END "
@@ -123,10 +345,11 @@ static const char *target_setval_sql =
 "        AND NOT d.objid OPERATOR(pg_catalog.=) ANY (SELECT x.byname FROM named x "
 "                                                    WHERE x.byname IS NOT NULL)) "
 "    END) AS seqoid "
-"  FROM named n), "
+"  FROM named2 n), "
 "state AS ("
 "  SELECT m.*, p.seqincrement AS incr, p.seqmin AS lo, p.seqmax AS hi, p.seqstart AS tstart, "
-"    pg_catalog.pg_sequence_last_value(m.seqoid) AS tlast "
+"    CASE WHEN m.called OR m.last IS DISTINCT FROM p.seqstart "
+"      THEN pg_catalog.pg_sequence_last_value(m.seqoid) END AS tlast "
 "  FROM mapped m "
 "  LEFT JOIN LATERAL (SELECT * FROM pg_catalog.pg_sequence p "
 "                     WHERE p.seqrelid OPERATOR(pg_catalog.=) m.seqoid) p ON true), "
@@ -176,77 +399,49 @@ static const char *target_setval_sql =
 "          OPERATOR(pg_catalog.||) pg_catalog.quote_ident(s.seq) "
 "        FROM state s WHERE s.incr IS NOT NULL AND s.last IS NULL ORDER BY 1)";
 
-/*
- * The values of column col of every row of the batches (RemoteResults) as
- * a one-dimensional array of elemtype (TEXTOID, INT8OID or BOOLOID).
- */
+/* A text[] of one field of every sequence (NULL pointers: SQL NULLs). */
 static Datum
-array_of(List *batches, int nrows, int col, Oid elemtype)
+text_array(SourceSequence *seqs, int n, size_t offset)
 {
-	Datum	   *elems = palloc(sizeof(Datum) * Max(nrows, 1));
-	bool	   *nulls = palloc(sizeof(bool) * Max(nrows, 1));
-	int			dims[1] = {nrows};
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+	bool	   *nulls = palloc(sizeof(bool) * Max(n, 1));
+	int			dims[1] = {n};
 	int			lbs[1] = {1};
-	int			i = 0;
-	ListCell   *lc;
+	int			i;
 
-	foreach(lc, batches)
+	for (i = 0; i < n; i++)
 	{
-		RemoteResult *res = lfirst(lc);
-		int			row;
+		const char *v = *(const char **) ((char *) &seqs[i] + offset);
 
-		for (row = 0; row < res->ntuples; row++, i++)
-		{
-			const char *v = remote_value(res, row, col);
-
-			nulls[i] = v == NULL;
-			if (v == NULL)
-				elems[i] = (Datum) 0;
-			else if (elemtype == INT8OID)
-				elems[i] = Int64GetDatum(strtoi64(v, NULL, 10));
-			else if (elemtype == BOOLOID)
-				elems[i] = BoolGetDatum(v[0] == 't');
-			else
-				elems[i] = CStringGetTextDatum(v);
-		}
+		nulls[i] = v == NULL;
+		elems[i] = v == NULL ? (Datum) 0 : CStringGetTextDatum(v);
 	}
-	if (elemtype == INT8OID)
-		return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs,
-												  INT8OID, 8, FLOAT8PASSBYVAL,
-												  TYPALIGN_DOUBLE));
-	if (elemtype == BOOLOID)
-		return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs,
-												  BOOLOID, 1, true, TYPALIGN_CHAR));
 	return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs,
 											  TEXTOID, -1, false, TYPALIGN_INT));
 }
 
-/*
- * sequences_read: every sequence of the source, in batches of
- * SEQUENCE_BATCH rows (columns of source_sequences_sql); *nrows receives the
- * total.  Each batch is a statement of its own, so that the locks it takes
- * on the sequences are released before the next.
- */
-List *
-sequences_read(PGconn *source, int *nrows)
+/* The last values (int8[]) and is_called flags (bool[]) of every sequence. */
+static void
+state_arrays(SourceSequence *seqs, int n, Datum *lasts, Datum *calleds)
 {
-	List	   *batches = NIL;
-	char	   *after = "0";
+	Datum	   *last = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *called = palloc(sizeof(Datum) * Max(n, 1));
+	bool	   *nulls = palloc(sizeof(bool) * Max(n, 1));
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+	int			i;
 
-	*nrows = 0;
-	for (;;)
+	for (i = 0; i < n; i++)
 	{
-		const char *params[1] = {after};
-		RemoteResult *res = remote_query(source, source_sequences_sql, 1, params,
-										 "reading the sequences");
-
-		batches = lappend(batches, res);
-		*nrows += res->ntuples;
-		if (res->ntuples < SEQUENCE_BATCH)
-			break;
-		after = pstrdup(remote_value(res, res->ntuples - 1, 0));
+		nulls[i] = seqs[i].last == NULL;
+		last[i] = nulls[i] ? (Datum) 0 : Int64GetDatum(strtoi64(seqs[i].last, NULL, 10));
+		called[i] = BoolGetDatum(seqs[i].called);
 	}
-	return batches;
+	*lasts = PointerGetDatum(construct_md_array(last, nulls, 1, dims, lbs,
+												INT8OID, 8, FLOAT8PASSBYVAL,
+												TYPALIGN_DOUBLE));
+	*calleds = PointerGetDatum(construct_md_array(called, nulls, 1, dims, lbs,
+												  BOOLOID, 1, true, TYPALIGN_CHAR));
 }
 
 /* The elements of a text[] datum joined with ", ", and their count. */
@@ -271,30 +466,33 @@ join_text_array(Datum array, int *count)
 
 /*
  * sequences_sync: read every sequence on the source and move its
- * counterpart here ahead of it (see the file header).  Must run after the
+ * counterpart here ahead of it (see the file header); cache is what
+ * sequences_prefetch read before the fence, or NULL.  Must run after the
  * fence holds, inside a transaction, connected to SPI.  Fills *result; the
  * names it lists are palloc'd in the caller's context.
  */
 void
-sequences_sync(PGconn *source, int64 buffer, SequenceSync *result)
+sequences_sync(PGconn *source, int64 buffer, SequenceCache *cache,
+			   SequenceSync *result)
 {
 	MemoryContext callercxt = CurrentMemoryContext;
-	List	   *batches;
-	int			nrows;
+	SourceSequence *seqs;
+	int			n;
 	Oid			types[8] = {TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID, BOOLARRAYOID,
 	TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INT8OID};
 	Datum		values[8];
-	int			col;
 	bool		isnull;
 	HeapTuple	tup;
 	TupleDesc	desc;
 
 	memset(result, 0, sizeof(*result));
-	batches = sequences_read(source, &nrows);
-	/* columns 1..7 of source_sequences_sql (0 is the OID, for batching) */
-	for (col = 1; col <= 7; col++)
-		values[col - 1] = array_of(batches, nrows, col,
-								   col == 3 ? INT8OID : col == 4 ? BOOLOID : TEXTOID);
+	seqs = read_sequences(source, cache, &n);
+	values[0] = text_array(seqs, n, offsetof(SourceSequence, nsp));
+	values[1] = text_array(seqs, n, offsetof(SourceSequence, name));
+	state_arrays(seqs, n, &values[2], &values[3]);
+	values[4] = text_array(seqs, n, offsetof(SourceSequence, tnsp));
+	values[5] = text_array(seqs, n, offsetof(SourceSequence, tbl));
+	values[6] = text_array(seqs, n, offsetof(SourceSequence, col));
 	values[7] = Int64GetDatum(buffer);
 
 	if (zdm_spi_execute(target_setval_sql, 8, types, values, NULL,

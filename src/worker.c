@@ -79,6 +79,7 @@ typedef struct CutoverRun
 	char	   *final_lsn;
 	int64		apply_errors;	/* error counts when the cutover started */
 	int64		sync_errors;
+	SequenceCache *sequences;	/* read before the fence, in cxt */
 } CutoverRun;
 
 /* What one poll of the catch-up sees. */
@@ -479,7 +480,8 @@ set_sequences(CutoverRun *run)
 	StringInfoData detail;
 
 	SPI_connect();
-	sequences_sync(run->control, run->shared->sequence_buffer, &sync);
+	sequences_sync(run->control, run->shared->sequence_buffer, run->sequences,
+				   &sync);
 	SPI_finish();
 	took_ms = (double) (GetCurrentTimestamp() - started) / 1000.0;
 
@@ -509,22 +511,17 @@ set_sequences(CutoverRun *run)
 }
 
 /*
- * Read the source's sequences once before the fence, and forget the
- * values: the source session then has every sequence in its caches, and
- * the read that counts, under the fence, is faster.
+ * Read the source's sequences before the fence, those not called from
+ * their relations (a query each): under the fence only what changed since
+ * is read again (sequences.c).
  */
 static void
-warm_sequences(CutoverRun *run)
+prefetch_sequences(CutoverRun *run)
 {
-	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext,
-											  "pg_zdm sequence warm-up",
-											  ALLOCSET_DEFAULT_SIZES);
-	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
-	int			nrows;
+	MemoryContext oldcxt = MemoryContextSwitchTo(run->cxt);
 
-	(void) sequences_read(run->control, &nrows);
+	run->sequences = sequences_prefetch(run->control);
 	MemoryContextSwitchTo(oldcxt);
-	MemoryContextDelete(cxt);
 }
 
 static void
@@ -740,7 +737,7 @@ cutover_steps(CutoverRun *run)
 	in_transaction(mark_cutover_started, run);
 
 	come_close(run);
-	warm_sequences(run);
+	prefetch_sequences(run);
 	run->fence_started = GetCurrentTimestamp();
 	fence_acquire(dsn, run->control, tables, &run->fence,
 				  (int) Min(TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
