@@ -18,6 +18,12 @@
  * the migration can only be finished, by this worker or by the next
  * zdm.cutover() call.
  *
+ * A target that cannot apply a change of the source (its apply worker
+ * fails, is restarted and fails again) would keep the source fenced until
+ * the timeout: the worker refuses to fence while the apply worker is
+ * failing, and reads the error counts on every poll to release the fence
+ * as soon as it fails again (check_apply_errors).
+ *
  * Catch-up is proven by either of two facts: the slot on the source has
  * confirmed_flush_lsn >= final position (applied and flushed here), or
  * every table is ready and the apply worker has reported a position
