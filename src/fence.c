@@ -37,12 +37,13 @@
  *
  * In the same transaction the fence creates what keeps the source read-only
  * after success: schema zdm_fence with a statement trigger on every published
- * table and partitioned parent that rejects writes, enabled ALWAYS so that
- * session_replication_role = replica does not skip it.  Committing the
- * fence (fence_commit) is the cutover's point of no return: it publishes
- * those triggers and releases the locks in one step, so the writers queued
- * behind the fence wake up to the triggers.  Rolling it back leaves no
- * trace.
+ * table, on the partitioned tables above them and on every unlogged table,
+ * rejecting writes, enabled ALWAYS so that session_replication_role =
+ * replica does not skip it, and, when the role is a superuser, an event
+ * trigger that rejects new tables.  Committing the fence (fence_commit) is
+ * the cutover's point of no return: it publishes those triggers and releases
+ * the locks in one step, so the writers queued behind the fence wake up to
+ * the triggers.  Rolling it back leaves no trace.
  *
  *-------------------------------------------------------------------------
  */
@@ -89,6 +90,25 @@ fence_published_tables(PGconn *control)
 }
 
 /*
+ * The partitioned tables above the published tables, as (nspname, relname):
+ * pg_inherits, not pg_partition_ancestors, which is from PostgreSQL 12.
+ * Also run inside fence_make_permanent's DO block.
+ */
+#define PARTITIONED_PARENTS_SQL \
+	"WITH RECURSIVE up(relid) AS (" \
+	"  SELECT i.inhparent FROM pg_publication_tables p " \
+	"  JOIN pg_namespace n ON n.nspname = p.schemaname " \
+	"  JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename " \
+	"  JOIN pg_inherits i ON i.inhrelid = c.oid " \
+	"  WHERE p.pubname = '" ZDM_PUBLICATION "' " \
+	"  UNION " \
+	"  SELECT i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.relid) " \
+	"SELECT n.nspname, c.relname FROM up " \
+	"JOIN pg_class c ON c.oid = up.relid " \
+	"JOIN pg_namespace n ON n.oid = c.relnamespace " \
+	"WHERE c.relkind = 'p'"
+
+/*
  * fence_partitioned_parents: the partitioned tables above the published
  * tables (a publication lists leaf partitions), quoted and qualified, in
  * name order.  A write through a partitioned table locks it before its
@@ -103,19 +123,7 @@ fence_partitioned_parents(PGconn *control)
 	List	   *parents = NIL;
 	int			row;
 
-	res = remote_query(control,
-					   "WITH RECURSIVE up(relid) AS ("
-					   "  SELECT i.inhparent FROM pg_publication_tables p "
-					   "  JOIN pg_namespace n ON n.nspname = p.schemaname "
-					   "  JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename "
-					   "  JOIN pg_inherits i ON i.inhrelid = c.oid "
-					   "  WHERE p.pubname = '" ZDM_PUBLICATION "' "
-					   "  UNION "
-					   "  SELECT i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.relid) "
-					   "SELECT n.nspname, c.relname FROM up "
-					   "JOIN pg_class c ON c.oid = up.relid "
-					   "JOIN pg_namespace n ON n.oid = c.relnamespace "
-					   "WHERE c.relkind = 'p' ORDER BY 1, 2",
+	res = remote_query(control, PARTITIONED_PARENTS_SQL " ORDER BY 1, 2",
 					   0, NULL, "listing the partitioned tables above the published ones");
 	for (row = 0; row < res->ntuples; row++)
 		parents = lappend(parents,
@@ -167,14 +175,16 @@ terminate_blockers(PGconn *control, int fence_pid)
  * queued request would keep blocking writers).  Returns once the locks are
  * granted, the session in an open transaction holding them.  While it waits,
  * still_wanted(arg) is called on every wakeup and throws when the cutover
- * must stop (timeout, cancel).  *ntables receives how many tables are fenced.
+ * must stop (timeout, cancel).  tables are the published tables, as
+ * fence_published_tables returned them before the fence (fetched once, so
+ * that nothing proportional to the table count runs twice); fence_verify
+ * then proves that they are still every published table.
  */
 void
-fence_acquire(const char *dsn, PGconn *control, PGconn **fence_out,
-			  int *ntables, int lock_timeout_ms,
+fence_acquire(const char *dsn, PGconn *control, List *tables,
+			  PGconn **fence_out, int lock_timeout_ms,
 			  void (*still_wanted) (void *arg), void *arg)
 {
-	List	   *tables = fence_published_tables(control);
 	List	   *parents;
 	ListCell   *lc;
 	TimestampTz started = GetCurrentTimestamp();
@@ -189,7 +199,6 @@ fence_acquire(const char *dsn, PGconn *control, PGconn **fence_out,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("publication %s on the source has no tables to fence", ZDM_PUBLICATION)));
 	parents = fence_partitioned_parents(control);
-	*ntables = list_length(tables) + list_length(parents);
 
 	fence = remote_connect(dsn, "to fence writes");
 	remote_keep_across_abort(fence);
@@ -251,41 +260,140 @@ fence_acquire(const char *dsn, PGconn *control, PGconn **fence_out,
 }
 
 /*
- * fence_make_permanent: in the fence transaction, create what keeps the
- * source read-only once the fence commits: a trigger on every published
- * table and on the partitioned tables above them, rejecting writes.  Sent
- * without waiting; fence_commit collects it.
+ * fence_verify: with the fence held, prove that the locked tables are still
+ * exactly the published ones -- a table created (FOR ALL TABLES) or added
+ * to the publication between the listing and the lock would not be fenced.
+ * One query of constant size, whatever the table count: every published
+ * table must be locked EXCLUSIVE by the fence session, and there must be as
+ * many as the fence locked (ntables, the length of fence_acquire's list).
+ * Throws, naming the count, when they differ.
  */
 void
-fence_make_permanent(PGconn *fence, PGconn *control)
+fence_verify(PGconn *control, PGconn *fence, int ntables)
 {
-	List	   *tables = list_concat(fence_partitioned_parents(control),
-									 fence_published_tables(control));
+	char		pid[16];
+	const char *params[1] = {pid};
+	RemoteResult *res;
+	long		published;
+	long		locked;
+
+	snprintf(pid, sizeof(pid), "%d", PQbackendPID(fence));
+	res = remote_query(control,
+					   "SELECT count(*), count(l.relation) "
+					   "FROM pg_publication_tables p "
+					   "JOIN pg_namespace n ON n.nspname = p.schemaname "
+					   "JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename "
+					   "LEFT JOIN (SELECT DISTINCT relation FROM pg_locks "
+					   "  WHERE locktype = 'relation' AND pid = $1::int "
+					   "    AND mode = 'ExclusiveLock' AND granted "
+					   "    AND database = (SELECT oid FROM pg_database "
+					   "                    WHERE datname = current_database())) l "
+					   "  ON l.relation = c.oid "
+					   "WHERE p.pubname = '" ZDM_PUBLICATION "'",
+					   1, params, "verifying the fence");
+	published = atol(remote_value(res, 0, 0));
+	locked = atol(remote_value(res, 0, 1));
+	if (published != ntables || locked != ntables)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the published tables changed while the cutover fenced them"),
+				 errdetail("The fence locked %d tables; the publication now has %ld, %ld of them locked. Writes were blocked; the fence is released.",
+						   ntables, published, locked),
+				 errhint("Run ALTER SUBSCRIPTION %s REFRESH PUBLICATION on this target (outside a transaction block), wait until zdm.status() is ready, and cut over again.",
+						 ZDM_SUBSCRIPTION)));
+}
+
+/*
+ * fence_make_permanent: in the fence transaction, create what keeps the
+ * source read-only once the fence commits:
+ *
+ * - a trigger rejecting writes on every published table, and on the
+ *   partitioned tables above them (a write through one fires its statement
+ *   triggers, not its partitions');
+ * - the same on every unlogged table (not replicated, so not fenced, but an
+ *   application still pointed at the source must not write there either);
+ *   each is given at most a second for its lock, and one that is busy or
+ *   not the role's to alter is skipped with a WARNING in the source's log:
+ *   these tables are not part of the migration and must not hold it up;
+ * - when the source role is a superuser (event triggers need one), an
+ *   event trigger rejecting tables created from now on (temporary ones
+ *   excepted): writes to them would not be blocked by any trigger.  Its
+ *   function runs in every session that creates a table, superusers'
+ *   included, so it pins its search_path: a caller's hostile one must not
+ *   resolve the names it uses.
+ *
+ * One statement of constant size that loops over the catalogs on the source
+ * (fence_verify proved that the publication is the fenced set): sending a
+ * CREATE TRIGGER per table would make the message, and its parse on the
+ * source, grow with the table count.  Sent without waiting, as soon as the
+ * fence holds, so that it runs while the target catches up; fence_commit
+ * collects it.  Large objects and sequences cannot be protected this way
+ * (README, "What is not migrated").
+ */
+void
+fence_make_permanent(PGconn *fence)
+{
 	StringInfoData sql;
 	SourceFeatures features;
-	ListCell   *lc;
+	const char *execute;
 
 	/* PostgreSQL 10 spells it EXECUTE PROCEDURE */
 	source_features(fence, &features);
+	execute = features.execute_function ? "FUNCTION" : "PROCEDURE";
 	initStringInfo(&sql);
-	appendStringInfoString(&sql,
-						   "CREATE SCHEMA " ZDM_FENCE_SCHEMA "; "
-						   "CREATE FUNCTION " ZDM_FENCE_SCHEMA ".reject_write() "
-						   "RETURNS trigger LANGUAGE plpgsql AS $zdm$ BEGIN "
-						   "RAISE EXCEPTION USING ERRCODE = 'read_only_sql_transaction', "
-						   "MESSAGE = 'this database was migrated by pg_zdm and is read-only', "
-						   "HINT = 'Write to the new server. To make this one writable again: "
-						   "DROP SCHEMA " ZDM_FENCE_SCHEMA " CASCADE.'; "
-						   "END $zdm$; ");
-	foreach(lc, tables)
-		appendStringInfo(&sql,
-						 "CREATE TRIGGER zdm_reject_write BEFORE INSERT OR UPDATE "
-						 "OR DELETE OR TRUNCATE ON %s FOR EACH STATEMENT "
-						 "EXECUTE %s " ZDM_FENCE_SCHEMA ".reject_write(); "
-						 "ALTER TABLE %s ENABLE ALWAYS TRIGGER zdm_reject_write; ",
-						 (char *) lfirst(lc),
-						 features.execute_function ? "FUNCTION" : "PROCEDURE",
-						 (char *) lfirst(lc));
+	appendStringInfo(&sql,
+					 "CREATE SCHEMA " ZDM_FENCE_SCHEMA "; "
+					 "CREATE FUNCTION " ZDM_FENCE_SCHEMA ".reject_write() "
+					 "RETURNS trigger LANGUAGE plpgsql AS $zdm$ BEGIN "
+					 "RAISE EXCEPTION USING ERRCODE = 'read_only_sql_transaction', "
+					 "MESSAGE = 'this database was migrated by pg_zdm and is read-only', "
+					 "HINT = 'Write to the new server. To make this one writable again: "
+					 "DROP SCHEMA " ZDM_FENCE_SCHEMA " CASCADE.'; "
+					 "END $zdm$; "
+					 "DO $zdm$ DECLARE t text; old_timeout text; BEGIN "
+					 "FOR t IN SELECT format('%%I.%%I', schemaname, tablename) "
+					 "  FROM pg_publication_tables WHERE pubname = '" ZDM_PUBLICATION "' "
+					 "  UNION ALL SELECT format('%%I.%%I', nspname, relname) "
+					 "  FROM (" PARTITIONED_PARENTS_SQL ") parents LOOP "
+					 "EXECUTE 'CREATE TRIGGER zdm_reject_write BEFORE INSERT OR UPDATE "
+					 "OR DELETE OR TRUNCATE ON ' || t || ' FOR EACH STATEMENT "
+					 "EXECUTE %s " ZDM_FENCE_SCHEMA ".reject_write()'; "
+					 "EXECUTE 'ALTER TABLE ' || t || ' ENABLE ALWAYS TRIGGER zdm_reject_write'; "
+					 "END LOOP; "
+					 "old_timeout := current_setting('lock_timeout'); "
+					 "PERFORM set_config('lock_timeout', '1s', true); "
+					 "FOR t IN SELECT format('%%I.%%I', n.nspname, c.relname) "
+					 "  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+					 "  WHERE c.relkind = 'r' AND c.relpersistence = 'u' "
+					 "    AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema' LOOP "
+					 "BEGIN "
+					 "EXECUTE 'CREATE TRIGGER zdm_reject_write BEFORE INSERT OR UPDATE "
+					 "OR DELETE OR TRUNCATE ON ' || t || ' FOR EACH STATEMENT "
+					 "EXECUTE %s " ZDM_FENCE_SCHEMA ".reject_write()'; "
+					 "EXECUTE 'ALTER TABLE ' || t || ' ENABLE ALWAYS TRIGGER zdm_reject_write'; "
+					 "EXCEPTION WHEN lock_not_available OR insufficient_privilege THEN "
+					 "RAISE WARNING 'pg_zdm: unlogged table %% keeps accepting writes: %%', t, SQLERRM; "
+					 "END; "
+					 "END LOOP; "
+					 "PERFORM set_config('lock_timeout', old_timeout, true); "
+					 "IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN "
+					 "EXECUTE 'CREATE FUNCTION " ZDM_FENCE_SCHEMA ".reject_create() "
+					 "RETURNS event_trigger LANGUAGE plpgsql "
+					 "SET search_path = pg_catalog, pg_temp AS $f$ BEGIN "
+					 "IF EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() "
+					 "  WHERE object_type = ''table'' AND schema_name !~ ''^pg_temp'') THEN "
+					 "RAISE EXCEPTION USING ERRCODE = ''read_only_sql_transaction'', "
+					 "MESSAGE = ''this database was migrated by pg_zdm and is read-only: no new tables'', "
+					 "HINT = ''Write to the new server. To make this one writable again: "
+					 "DROP SCHEMA " ZDM_FENCE_SCHEMA " CASCADE.''; "
+					 "END IF; END $f$'; "
+					 "EXECUTE 'CREATE EVENT TRIGGER zdm_reject_create ON ddl_command_end "
+					 "WHEN TAG IN (''CREATE TABLE'', ''CREATE TABLE AS'', ''SELECT INTO'') "
+					 "EXECUTE %s " ZDM_FENCE_SCHEMA ".reject_create()'; "
+					 "EXECUTE 'ALTER EVENT TRIGGER zdm_reject_create ENABLE ALWAYS'; "
+					 "END IF; "
+					 "END $zdm$",
+					 execute, execute, execute);
 	remote_send(fence, sql.data, "making the source read-only");
 	permanent_pending = true;
 }

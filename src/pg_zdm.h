@@ -163,10 +163,11 @@ typedef enum FenceOutcome
 	FENCE_UNKNOWN
 } FenceOutcome;
 
-extern void fence_acquire(const char *dsn, PGconn *control, PGconn **fence_out,
-						  int *ntables, int lock_timeout_ms,
+extern void fence_acquire(const char *dsn, PGconn *control, List *tables,
+						  PGconn **fence_out, int lock_timeout_ms,
 						  void (*still_wanted) (void *arg), void *arg);
-extern void fence_make_permanent(PGconn *fence, PGconn *control);
+extern void fence_verify(PGconn *control, PGconn *fence, int ntables);
+extern void fence_make_permanent(PGconn *fence);
 extern void fence_ping(PGconn *fence);
 extern void fence_finish_permanent(PGconn *fence);
 extern bool fence_commit(PGconn *fence);
@@ -175,7 +176,22 @@ extern bool fence_release(PGconn *fence, PGconn *control, const char *dsn);
 extern List *fence_published_tables(PGconn *control);
 
 /* sequences.c */
-extern int	sequences_sync(PGconn *source, int64 buffer, int *unmatched);
+typedef struct SequenceSync
+{
+	int64		set;			/* sequences set here */
+	int			nsource_only;	/* source sequences without counterpart here */
+	char	   *source_only;	/* their names, ", "-separated */
+	int			ntarget_only;	/* sequences here without counterpart there */
+	char	   *target_only;
+	int			nunreadable;	/* source sequences the role may not read */
+	char	   *unreadable;
+} SequenceSync;
+
+typedef struct SequenceCache SequenceCache;
+
+extern SequenceCache *sequences_prefetch(PGconn *source);
+extern void sequences_sync(PGconn *source, int64 buffer, SequenceCache *cache,
+						   SequenceSync *result);
 
 /*
  * The cutover: shared between the caller of zdm.cutover (cutover.c) and the

@@ -3,17 +3,37 @@
  * sequences.c
  *		  Moving the target's sequences ahead of the source's at cutover.
  *
- * Logical replication does not carry sequences.  Once writes are fenced, one
- * query reads every sequence of the source (its last value, and the table
- * column that owns it, if any) and one statement sets them all here: a
- * thousand sequences cost two round trips, not a thousand.  A sequence owned
- * by a column (serial or identity) is matched by that table and column, since
- * its name may differ on the target; others by schema and name.  The new
- * value is the source's plus the buffer, never lower than the target's own,
- * clamped to the sequence's bounds; a sequence never used on the source is
- * left alone so that its first value stays usable.  setval is not rolled
- * back: a cutover that fails later leaves the sequences ahead, which is
- * harmless.
+ * Logical replication does not carry sequences.  Once writes are fenced,
+ * the source's sequences are read in batches of SEQUENCE_BATCH (their state
+ * and the table column that owns each, if any) and one statement sets them
+ * all here: a thousand sequences cost a few round trips, not a thousand.
+ *
+ * Reading: pg_sequence_last_value() is NULL when is_called is false -- a
+ * sequence never used, but also one restarted (ALTER SEQUENCE ... RESTART,
+ * setval(s, v, false)), whose next value is last_value itself.  For those
+ * the state is read from the sequence relation, through query_to_xml so
+ * that the statement keeps a constant size however many there are.  That
+ * costs a query per sequence on the source (seconds for 20,000 never-used
+ * sequences), so it is done before the fence (sequences_prefetch); under
+ * the fence only pg_sequence_last_value() runs, and a sequence still not
+ * called is re-read only if it is new or has a new relfilenode (ALTER
+ * SEQUENCE ... RESTART makes one).  What that leaves unseen, a setval(s, v,
+ * false) in the seconds between, is a setval during the cutover, which the
+ * fence never blocked anyway (nor nextval: sequence_buffer covers that).
+ *
+ * Matching: by schema and name first; a column can own two sequences (a
+ * serial turned identity keeps its old sequence OWNED BY the column), so
+ * the owning column is only a fallback, for a sequence renamed on this
+ * side, and only when it points at exactly one sequence not matched by
+ * name.  Sequences found on one side only are reported.
+ *
+ * Values: a sequence called on the source gets the source's last value plus
+ * the buffer (minus, descending); one not called gets, if this side would
+ * hand out a value the source has not reached yet, the source's next value
+ * plus the buffer as its next value; otherwise (never used on either side)
+ * it is left alone so its first value stays usable.  Never lowered, clamped
+ * to the sequence's bounds.  setval is not rolled back: a cutover that fails
+ * later leaves the sequences ahead, which is harmless.
  *
  *-------------------------------------------------------------------------
  */
@@ -26,138 +46,470 @@
 
 #include "pg_zdm.h"
 
+/* Sequences read from the source per statement (bounds its locks too). */
+#define SEQUENCE_BATCH	1000
+
 /*
- * Every used sequence of the source with the table column that owns it, if
- * any.  pg_sequence_last_value raises an error in PostgreSQL 15 for a
- * sequence the role may not read, so those (and other sessions' temporary
- * ones) are skipped, as the pg_sequences view does.  Driven by pg_sequence with lookups by OID only, so that the plan does
- * not depend on catalog statistics (see target_setval_sql).
+ * One batch of the source's sequences after seqrelid $1, in OID order:
+ * OID, relfilenode, schema, name, pg_sequence_last_value (NULL when not
+ * called or not readable), whether the role may read the relation, and
+ * (source_sequences_owners_sql only) the owning schema, table and column.
+ * pg_sequence_last_value raises an error in PostgreSQL 15 for a sequence
+ * the role may not read, hence the privilege test; other sessions'
+ * temporary sequences and the system's are skipped.  The OID-ordered
+ * subquery picks the batch before any function runs, so each statement
+ * reads SEQUENCE_BATCH sequences whatever the total.  Lookups are by OID
+ * only, so that the plan does not depend on catalog statistics.  The
+ * owners are read before the fence only (sequences_prefetch): that lookup
+ * is most of the statement's cost.
  */
+#define SOURCE_SEQUENCES_SELECT \
+"SELECT b.seqrelid::text, c.relfilenode::text, n.nspname, c.relname, " \
+"       CASE WHEN has_sequence_privilege(b.seqrelid, 'SELECT,USAGE') " \
+"         THEN pg_sequence_last_value(b.seqrelid) END, " \
+"       has_sequence_privilege(b.seqrelid, 'SELECT') "
+#define SOURCE_SEQUENCES_FROM \
+"FROM (SELECT s.seqrelid FROM pg_sequence s " \
+"      WHERE s.seqrelid > $1::oid " \
+"        AND (SELECT nspname FROM pg_namespace WHERE oid = " \
+"               (SELECT relnamespace FROM pg_class WHERE oid = s.seqrelid)) " \
+"            !~ '^pg_|^information_schema$' " \
+"      ORDER BY s.seqrelid LIMIT " CppAsString2(SEQUENCE_BATCH) ") b " \
+"CROSS JOIN LATERAL (SELECT relname, relnamespace, relfilenode FROM pg_class " \
+"                    WHERE oid = b.seqrelid) c " \
+"CROSS JOIN LATERAL (SELECT nspname FROM pg_namespace " \
+"                    WHERE oid = c.relnamespace) n "
+
 static const char *source_sequences_sql =
-"SELECT (SELECT nspname FROM pg_namespace WHERE oid = c.relnamespace), "
-"       c.relname, v.last, o.tnsp, o.tbl, o.col "
-"FROM (SELECT seqrelid, CASE WHEN has_sequence_privilege(seqrelid, 'SELECT,USAGE') "
-"        AND NOT pg_is_other_temp_schema((SELECT relnamespace FROM pg_class "
-"                                         WHERE oid = seqrelid)) "
-"      THEN pg_sequence_last_value(seqrelid) END AS last FROM pg_sequence) v "
-"CROSS JOIN LATERAL (SELECT relname, relnamespace FROM pg_class "
-"                    WHERE oid = v.seqrelid) c "
+SOURCE_SEQUENCES_SELECT
+SOURCE_SEQUENCES_FROM
+"ORDER BY b.seqrelid";
+
+static const char *source_sequences_owners_sql =
+SOURCE_SEQUENCES_SELECT
+", o.tnsp, o.tbl, o.col "
+SOURCE_SEQUENCES_FROM
 "LEFT JOIN LATERAL (SELECT tn.nspname AS tnsp, tc.relname AS tbl, a.attname AS col "
 "  FROM pg_depend d "
 "  JOIN pg_class tc ON tc.oid = d.refobjid "
 "  JOIN pg_namespace tn ON tn.oid = tc.relnamespace "
 "  JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
-"  WHERE d.classid = 'pg_class'::regclass AND d.objid = v.seqrelid "
+"  WHERE d.classid = 'pg_class'::regclass AND d.objid = b.seqrelid "
 "    AND d.refclassid = 'pg_class'::regclass AND d.refobjsubid > 0 "
 "    AND d.deptype IN ('a', 'i') LIMIT 1) o ON true "
-"WHERE v.last IS NOT NULL "
-"  AND (SELECT nspname FROM pg_namespace WHERE oid = c.relnamespace) "
-"      NOT IN ('pg_catalog', 'information_schema') "
-"  AND (SELECT nspname FROM pg_namespace WHERE oid = c.relnamespace) !~ '^pg_'";
+"ORDER BY b.seqrelid";
+
+/* Columns of source_sequences_sql and source_sequences_owners_sql. */
+#define SRC_OID			0
+#define SRC_FILENODE	1
+#define SRC_NSP			2
+#define SRC_NAME		3
+#define SRC_LAST		4
+#define SRC_READABLE	5
+#define SRC_TNSP		6
+#define SRC_TBL			7
+#define SRC_COL			8
+
+/*
+ * The state of the sequences $1 (OIDs, up to SEQUENCE_BATCH of them, not
+ * called when last read) from their relations: OID, last_value, is_called.
+ * query_to_xml runs the per-sequence query on the source, so the statement
+ * keeps its size; the relation is named by its OID's regclass output,
+ * qualified and quoted under search_path = pg_catalog.
+ */
+static const char *source_relation_state_sql =
+"SELECT s.oid::text, "
+"       substring(q.x FROM '<last_value>(-?[0-9]+)</last_value>'), "
+"       q.x ~ '<is_called>true</is_called>' "
+"FROM unnest($1::oid[]) AS s(oid) "
+"CROSS JOIN LATERAL (SELECT query_to_xml(format('SELECT last_value, is_called FROM %s', "
+"                                               s.oid::regclass), "
+"                                        false, true, '')::text AS x) q";
+
+/* One sequence of the source, as the cutover sees it. */
+typedef struct SourceSequence
+{
+	Oid			oid;
+	Oid			filenode;
+	const char *nsp;
+	const char *name;
+	const char *last;			/* NULL: unknown (not readable) */
+	bool		called;
+	bool		readable;		/* the role may read its relation */
+	bool		via_relation;	/* not called: state read from the relation */
+	const char *tnsp;			/* owning column, or NULLs */
+	const char *tbl;
+	const char *col;
+} SourceSequence;
+
+/*
+ * What sequences_prefetch read before the fence, sorted by OID: every
+ * sequence with its owning column, and for those not called then, their
+ * state read from the relation and the relfilenode it was read from.
+ */
+struct SequenceCache
+{
+	int			n;
+	SourceSequence *seqs;
+};
+
+static int
+compare_oid(const void *a, const void *b)
+{
+	Oid			x = ((const SourceSequence *) a)->oid;
+	Oid			y = ((const SourceSequence *) b)->oid;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/*
+ * Fill in the state of seqs[idx[0..n-1]] (not called, readable) from their
+ * relations on the source, SEQUENCE_BATCH per statement.
+ */
+static void
+read_relation_state(PGconn *source, SourceSequence *seqs, int *idx, int n)
+{
+	int			start;
+
+	for (start = 0; start < n; start += SEQUENCE_BATCH)
+	{
+		int			count = Min(SEQUENCE_BATCH, n - start);
+		StringInfoData oids;
+		const char *params[1];
+		RemoteResult *res;
+		int			i;
+
+		initStringInfo(&oids);
+		appendStringInfoChar(&oids, '{');
+		for (i = 0; i < count; i++)
+			appendStringInfo(&oids, "%s%u", i > 0 ? "," : "", seqs[idx[start + i]].oid);
+		appendStringInfoChar(&oids, '}');
+		params[0] = oids.data;
+		res = remote_query(source, source_relation_state_sql, 1, params,
+						   "reading the sequences");
+		/* rows come in the order of unnest, that of idx */
+		for (i = 0; i < res->ntuples && i < count; i++)
+		{
+			SourceSequence *seq = &seqs[idx[start + i]];
+
+			seq->last = remote_value(res, i, 1);
+			seq->called = remote_value(res, i, 2) != NULL &&
+				strcmp(remote_value(res, i, 2), "t") == 0;
+		}
+	}
+}
+
+/*
+ * Every sequence of the source, in batches of SEQUENCE_BATCH rows; *n
+ * receives how many.  Sequences not called are taken from cache when it
+ * has them with the same relfilenode, and read from their relations
+ * otherwise.
+ */
+static SourceSequence *
+read_sequences(PGconn *source, SequenceCache *cache, int *n)
+{
+	const char *sql = cache ? source_sequences_sql : source_sequences_owners_sql;
+	int			size = 1024;
+	SourceSequence *seqs = palloc(sizeof(SourceSequence) * size);
+	int		   *unread;
+	int			nunread = 0;
+	char	   *after = "0";
+	int			i;
+
+	*n = 0;
+	for (;;)
+	{
+		const char *params[1] = {after};
+		RemoteResult *res = remote_query(source, sql, 1, params,
+										 "reading the sequences");
+		int			row;
+
+		for (row = 0; row < res->ntuples; row++)
+		{
+			SourceSequence *seq;
+
+			if (*n == size)
+			{
+				size *= 2;
+				seqs = repalloc(seqs, sizeof(SourceSequence) * size);
+			}
+			seq = &seqs[(*n)++];
+			seq->oid = (Oid) strtoul(remote_value(res, row, SRC_OID), NULL, 10);
+			seq->filenode = (Oid) strtoul(remote_value(res, row, SRC_FILENODE), NULL, 10);
+			seq->nsp = remote_value(res, row, SRC_NSP);
+			seq->name = remote_value(res, row, SRC_NAME);
+			seq->last = remote_value(res, row, SRC_LAST);
+			seq->called = seq->last != NULL;
+			seq->readable = strcmp(remote_value(res, row, SRC_READABLE), "t") == 0;
+			seq->via_relation = false;
+			seq->tnsp = cache ? NULL : remote_value(res, row, SRC_TNSP);
+			seq->tbl = cache ? NULL : remote_value(res, row, SRC_TBL);
+			seq->col = cache ? NULL : remote_value(res, row, SRC_COL);
+		}
+		if (res->ntuples < SEQUENCE_BATCH)
+			break;
+		after = pstrdup(remote_value(res, res->ntuples - 1, SRC_OID));
+	}
+
+	unread = palloc(sizeof(int) * Max(*n, 1));
+	for (i = 0; i < *n; i++)
+	{
+		SourceSequence *seq = &seqs[i];
+		SourceSequence *known = NULL;
+
+		if (cache != NULL && cache->n > 0)
+			known = bsearch(seq, cache->seqs, cache->n, sizeof(SourceSequence),
+							compare_oid);
+		if (known != NULL)
+		{
+			seq->tnsp = known->tnsp;
+			seq->tbl = known->tbl;
+			seq->col = known->col;
+		}
+		if (seq->called || !seq->readable)
+			continue;
+		seq->via_relation = true;
+		if (known != NULL && known->via_relation && known->last != NULL &&
+			known->filenode == seq->filenode)
+		{
+			seq->last = known->last;
+			seq->called = known->called;
+		}
+		else
+			unread[nunread++] = i;
+	}
+	read_relation_state(source, seqs, unread, nunread);
+	return seqs;
+}
+
+/*
+ * sequences_prefetch: read every sequence of the source, those not called
+ * from their relations, before the fence, and keep what the cutover needs
+ * to skip that costly read under the fence (see the file header).  The
+ * result lives in the current memory context.
+ */
+SequenceCache *
+sequences_prefetch(PGconn *source)
+{
+	SequenceCache *cache = palloc0(sizeof(SequenceCache));
+	SourceSequence *seqs;
+	int			n;
+	int			i;
+
+	seqs = read_sequences(source, NULL, &n);
+	cache->seqs = palloc(sizeof(SourceSequence) * Max(n, 1));
+	for (i = 0; i < n; i++)
+		cache->seqs[cache->n++] = seqs[i];
+	qsort(cache->seqs, cache->n, sizeof(SourceSequence), compare_oid);
+	return cache;
+}
 
 /*
  * Map each source sequence to one here and set it, all in one statement.
  * Every lookup is by name through to_regclass or a unique index, so the plan
  * does not depend on catalog statistics (thousands of freshly created
  * sequences would otherwise lead the planner into a quadratic join).
- * Columns: sequences set, sequences found nowhere here.
+ * Columns: sequences set, source sequences without counterpart here,
+ * sequences here without counterpart on the source, source sequences the
+ * role could not read (quoted qualified names).
  */
 static const char *target_setval_sql =
 "WITH src AS ("
-"  SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[]) "
-"    AS s(nsp, seq, last, tnsp, tbl, col)), "
-"owner AS ("
-"  SELECT src.*, CASE WHEN src.tbl IS NOT NULL THEN pg_catalog.to_regclass("
-"    pg_catalog.quote_ident(src.tnsp) || '.' || pg_catalog.quote_ident(src.tbl)) END AS tblid "
+"  SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::bool[], "
+"                       $5::text[], $6::text[], $7::text[]) "
+"    AS s(nsp, seq, last, called, tnsp, tbl, col)), "
+"named AS ("
+"  SELECT src.*, "
+"    (SELECT c.oid FROM pg_catalog.pg_class c "
+"      JOIN pg_catalog.pg_namespace ns ON ns.oid OPERATOR(pg_catalog.=) c.relnamespace "
+"      WHERE c.relname OPERATOR(pg_catalog.=) src.seq::pg_catalog.name "
+"        AND ns.nspname OPERATOR(pg_catalog.=) src.nsp::pg_catalog.name "
+"        AND c.relkind OPERATOR(pg_catalog.=) 'S') AS byname "
 "  FROM src), "
+"named2 AS ("
+"  SELECT n.*, CASE WHEN n.byname IS NULL AND n.tbl IS NOT NULL THEN "
+"    pg_catalog.to_regclass(pg_catalog.quote_ident(n.tnsp) OPERATOR(pg_catalog.||) '.' "
+"      OPERATOR(pg_catalog.||) pg_catalog.quote_ident(n.tbl))::pg_catalog.oid END AS tblid "
+"  FROM named n), "
 "mapped AS ("
-"  SELECT o.last, coalesce("
-"    (SELECT d.objid FROM pg_catalog.pg_depend d "
-"      WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass "
-"        AND d.refobjid = o.tblid "
-"        AND d.refobjsubid = (SELECT a.attnum FROM pg_catalog.pg_attribute a "
-"          WHERE a.attrelid = o.tblid AND a.attname = o.col AND NOT a.attisdropped) "
-"        AND d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass "
-"        AND d.deptype IN ('a', 'i') LIMIT 1), "
-"    pg_catalog.to_regclass(pg_catalog.quote_ident(o.nsp) || '.' || pg_catalog.quote_ident(o.seq))::pg_catalog.oid"
-"  ) AS seqoid "
-"  FROM owner o), "
-"bounds AS ("
-"  SELECT m.seqoid, m.last, "
-"    (SELECT p.seqincrement FROM pg_catalog.pg_sequence p WHERE p.seqrelid = m.seqoid) AS incr, "
-"    (SELECT p.seqmin FROM pg_catalog.pg_sequence p WHERE p.seqrelid = m.seqoid) AS lo, "
-"    (SELECT p.seqmax FROM pg_catalog.pg_sequence p WHERE p.seqrelid = m.seqoid) AS hi "
-"  FROM mapped m), "
+"  SELECT n.*, coalesce(n.byname, CASE WHEN n.byname IS NULL AND n.tblid IS NOT NULL THEN "
+"    (SELECT CASE WHEN pg_catalog.count(*) OPERATOR(pg_catalog.=) 1 THEN pg_catalog.min(d.objid) END "
+"       FROM pg_catalog.pg_depend d "
+"      WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass "
+"        AND d.refobjid OPERATOR(pg_catalog.=) n.tblid "
+"        AND d.refobjsubid OPERATOR(pg_catalog.=) (SELECT a.attnum FROM pg_catalog.pg_attribute a "
+"          WHERE a.attrelid OPERATOR(pg_catalog.=) n.tblid "
+"            AND a.attname OPERATOR(pg_catalog.=) n.col AND NOT a.attisdropped) "
+"        AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass "
+"        AND d.deptype OPERATOR(pg_catalog.=) ANY ('{a,i}'::\"char\"[]) "
+"        AND NOT d.objid OPERATOR(pg_catalog.=) ANY (SELECT x.byname FROM named x "
+"                                                    WHERE x.byname IS NOT NULL)) "
+"    END) AS seqoid "
+"  FROM named2 n), "
+"state AS ("
+"  SELECT m.*, p.seqincrement AS incr, p.seqmin AS lo, p.seqmax AS hi, p.seqstart AS tstart, "
+"    CASE WHEN m.called OR m.last IS DISTINCT FROM p.seqstart "
+"      THEN pg_catalog.pg_sequence_last_value(m.seqoid) END AS tlast "
+"  FROM mapped m "
+"  LEFT JOIN LATERAL (SELECT * FROM pg_catalog.pg_sequence p "
+"                     WHERE p.seqrelid OPERATOR(pg_catalog.=) m.seqoid) p ON true), "
+/*
+ * The next value here of a sequence the source has not called, when it may
+ * be behind the source's next value: read from the relation only for a
+ * source restarted elsewhere than this side's start (never used on both
+ * sides: nothing to do).
+ */
+"nxt AS ("
+"  SELECT s.*, CASE WHEN s.called OR s.incr IS NULL OR s.last IS NULL "
+"      OR s.last OPERATOR(pg_catalog.=) s.tstart THEN NULL "
+"    WHEN s.tlast IS NOT NULL THEN s.tlast::pg_catalog.numeric OPERATOR(pg_catalog.+) s.incr "
+"    ELSE pg_catalog.substring(pg_catalog.query_to_xml("
+"           'SELECT last_value FROM ' OPERATOR(pg_catalog.||) s.seqoid::pg_catalog.regclass::pg_catalog.text, "
+"           false, true, '')::pg_catalog.text, "
+"         '<last_value>(-?[0-9]+)</last_value>')::pg_catalog.numeric END AS tnext "
+"  FROM state s), "
 "target AS ("
-"  SELECT b.seqoid, "
-"    CASE WHEN b.incr > 0 "
-"      THEN LEAST(GREATEST(b.last::numeric + $7, "
-"             coalesce(pg_catalog.pg_sequence_last_value(b.seqoid), b.lo)), b.hi) "
-"      ELSE GREATEST(LEAST(b.last::numeric - $7, "
-"             coalesce(pg_catalog.pg_sequence_last_value(b.seqoid), b.hi)), b.lo) "
-"    END::int8 AS value "
-"  FROM bounds b WHERE b.incr IS NOT NULL) "
-"SELECT (SELECT count(pg_catalog.setval(t.seqoid, t.value, true)) FROM target t), "
-"       (SELECT count(*) FROM bounds WHERE incr IS NULL)";
+"  SELECT s.seqoid, s.called, "
+"    CASE WHEN s.called AND s.incr > 0 "
+"      THEN LEAST(GREATEST(s.last::pg_catalog.numeric OPERATOR(pg_catalog.+) $8, coalesce(s.tlast, s.lo)), s.hi) "
+"    WHEN s.called "
+"      THEN GREATEST(LEAST(s.last::pg_catalog.numeric OPERATOR(pg_catalog.-) $8, coalesce(s.tlast, s.hi)), s.lo) "
+"    WHEN s.incr > 0 THEN LEAST(s.last::pg_catalog.numeric OPERATOR(pg_catalog.+) $8, s.hi) "
+"    ELSE GREATEST(s.last::pg_catalog.numeric OPERATOR(pg_catalog.-) $8, s.lo) "
+"    END::pg_catalog.int8 AS value "
+"  FROM nxt s "
+"  WHERE s.incr IS NOT NULL AND s.last IS NOT NULL "
+"    AND (s.called OR (s.incr > 0 AND s.tnext OPERATOR(pg_catalog.<) s.last) "
+"         OR (s.incr < 0 AND s.tnext OPERATOR(pg_catalog.>) s.last))) "
+"SELECT (SELECT pg_catalog.count(pg_catalog.setval(t.seqoid, t.value, t.called)) FROM target t), "
+"  ARRAY(SELECT pg_catalog.quote_ident(s.nsp) OPERATOR(pg_catalog.||) '.' "
+"          OPERATOR(pg_catalog.||) pg_catalog.quote_ident(s.seq) "
+"        FROM state s WHERE s.incr IS NULL ORDER BY 1), "
+"  ARRAY(SELECT c.oid::pg_catalog.regclass::text FROM pg_catalog.pg_sequence p "
+"        JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) p.seqrelid "
+"        JOIN pg_catalog.pg_namespace ns ON ns.oid OPERATOR(pg_catalog.=) c.relnamespace "
+"        WHERE ns.nspname OPERATOR(pg_catalog.!~) '^pg_|^information_schema$' "
+"          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e "
+"                WHERE e.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass "
+"                  AND e.objid OPERATOR(pg_catalog.=) c.oid AND e.deptype OPERATOR(pg_catalog.=) 'e') "
+"          AND NOT p.seqrelid OPERATOR(pg_catalog.=) ANY (SELECT m.seqoid FROM mapped m "
+"                                                        WHERE m.seqoid IS NOT NULL) "
+"        ORDER BY 1), "
+"  ARRAY(SELECT pg_catalog.quote_ident(s.nsp) OPERATOR(pg_catalog.||) '.' "
+"          OPERATOR(pg_catalog.||) pg_catalog.quote_ident(s.seq) "
+"        FROM state s WHERE s.incr IS NOT NULL AND s.last IS NULL ORDER BY 1)";
 
+/* A text[] of one field of every sequence (NULL pointers: SQL NULLs). */
 static Datum
-array_of(RemoteResult *res, int col, Oid elemtype)
+text_array(SourceSequence *seqs, int n, size_t offset)
 {
-	Datum	   *elems = palloc(sizeof(Datum) * Max(res->ntuples, 1));
-	bool	   *nulls = palloc(sizeof(bool) * Max(res->ntuples, 1));
-	int			dims[1] = {res->ntuples};
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+	bool	   *nulls = palloc(sizeof(bool) * Max(n, 1));
+	int			dims[1] = {n};
 	int			lbs[1] = {1};
-	int			row;
+	int			i;
 
-	for (row = 0; row < res->ntuples; row++)
+	for (i = 0; i < n; i++)
 	{
-		const char *v = remote_value(res, row, col);
+		const char *v = *(const char **) ((char *) &seqs[i] + offset);
 
-		nulls[row] = v == NULL;
-		if (v == NULL)
-			elems[row] = (Datum) 0;
-		else if (elemtype == INT8OID)
-			elems[row] = Int64GetDatum(strtoi64(v, NULL, 10));
-		else
-			elems[row] = CStringGetTextDatum(v);
+		nulls[i] = v == NULL;
+		elems[i] = v == NULL ? (Datum) 0 : CStringGetTextDatum(v);
 	}
-	if (elemtype == INT8OID)
-		return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs,
-												  INT8OID, 8, FLOAT8PASSBYVAL,
-												  TYPALIGN_DOUBLE));
 	return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs,
 											  TEXTOID, -1, false, TYPALIGN_INT));
 }
 
-/*
- * sequences_sync: read every used sequence on the source and move its
- * counterpart here to the source's value plus buffer.  Must run after the
- * fence holds, inside a transaction, connected to SPI.  Returns how many
- * sequences were set; *unmatched how many had no counterpart here.
- */
-int
-sequences_sync(PGconn *source, int64 buffer, int *unmatched)
+/* The last values (int8[]) and is_called flags (bool[]) of every sequence. */
+static void
+state_arrays(SourceSequence *seqs, int n, Datum *lasts, Datum *calleds)
 {
-	RemoteResult *res;
-	Oid			types[7] = {TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID,
+	Datum	   *last = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *called = palloc(sizeof(Datum) * Max(n, 1));
+	bool	   *nulls = palloc(sizeof(bool) * Max(n, 1));
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		nulls[i] = seqs[i].last == NULL;
+		last[i] = nulls[i] ? (Datum) 0 : Int64GetDatum(strtoi64(seqs[i].last, NULL, 10));
+		called[i] = BoolGetDatum(seqs[i].called);
+	}
+	*lasts = PointerGetDatum(construct_md_array(last, nulls, 1, dims, lbs,
+												INT8OID, 8, FLOAT8PASSBYVAL,
+												TYPALIGN_DOUBLE));
+	*calleds = PointerGetDatum(construct_md_array(called, nulls, 1, dims, lbs,
+												  BOOLOID, 1, true, TYPALIGN_CHAR));
+}
+
+/* The elements of a text[] datum joined with ", ", and their count. */
+static char *
+join_text_array(Datum array, int *count)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	int			i;
+	StringInfoData buf;
+
+	deconstruct_array(DatumGetArrayTypeP(array), TEXTOID, -1, false,
+					  TYPALIGN_INT, &elems, &nulls, &n);
+	initStringInfo(&buf);
+	for (i = 0; i < n; i++)
+		appendStringInfo(&buf, "%s%s", i > 0 ? ", " : "",
+						 nulls[i] ? "?" : TextDatumGetCString(elems[i]));
+	*count = n;
+	return buf.data;
+}
+
+/*
+ * sequences_sync: read every sequence on the source and move its
+ * counterpart here ahead of it (see the file header); cache is what
+ * sequences_prefetch read before the fence, or NULL.  Must run after the
+ * fence holds, inside a transaction, connected to SPI.  Fills *result; the
+ * names it lists are palloc'd in the caller's context.
+ */
+void
+sequences_sync(PGconn *source, int64 buffer, SequenceCache *cache,
+			   SequenceSync *result)
+{
+	MemoryContext callercxt = CurrentMemoryContext;
+	SourceSequence *seqs;
+	int			n;
+	Oid			types[8] = {TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID, BOOLARRAYOID,
 	TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INT8OID};
-	Datum		values[7];
-	int			col;
-	int			set;
+	Datum		values[8];
 	bool		isnull;
+	HeapTuple	tup;
+	TupleDesc	desc;
 
-	res = remote_query(source, source_sequences_sql, 0, NULL,
-					   "reading the sequences");
-	for (col = 0; col < 6; col++)
-		values[col] = array_of(res, col, col == 2 ? INT8OID : TEXTOID);
-	values[6] = Int64GetDatum(buffer);
+	memset(result, 0, sizeof(*result));
+	seqs = read_sequences(source, cache, &n);
+	values[0] = text_array(seqs, n, offsetof(SourceSequence, nsp));
+	values[1] = text_array(seqs, n, offsetof(SourceSequence, name));
+	state_arrays(seqs, n, &values[2], &values[3]);
+	values[4] = text_array(seqs, n, offsetof(SourceSequence, tnsp));
+	values[5] = text_array(seqs, n, offsetof(SourceSequence, tbl));
+	values[6] = text_array(seqs, n, offsetof(SourceSequence, col));
+	values[7] = Int64GetDatum(buffer);
 
-	if (zdm_spi_execute(target_setval_sql, 7, types, values, NULL,
-							  false, 0) != SPI_OK_SELECT || SPI_processed != 1)
+	if (zdm_spi_execute(target_setval_sql, 8, types, values, NULL,
+						false, 0) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not set the sequences");
-	set = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-									  SPI_tuptable->tupdesc, 1, &isnull));
-	*unmatched = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-											 SPI_tuptable->tupdesc, 2, &isnull));
-	return set;
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	result->set = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+	{
+		MemoryContext spicxt = MemoryContextSwitchTo(callercxt);
+
+		result->source_only = join_text_array(SPI_getbinval(tup, desc, 2, &isnull),
+											  &result->nsource_only);
+		result->target_only = join_text_array(SPI_getbinval(tup, desc, 3, &isnull),
+											  &result->ntarget_only);
+		result->unreadable = join_text_array(SPI_getbinval(tup, desc, 4, &isnull),
+											 &result->nunreadable);
+		MemoryContextSwitchTo(spicxt);
+	}
 }

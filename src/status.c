@@ -188,9 +188,12 @@ target_rows(StatusRows *rows, const char *source_lsn, bool *ready)
 	desc = SPI_tuptable->tupdesc;
 	enabled = DatumGetBool(SPI_getbinval(tup, desc, 1, &isnull));
 	running = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
+	errors = DatumGetInt64(SPI_getbinval(tup, desc, 7, &isnull));
 	put_row(rows, "target", "subscription",
 			!enabled ? "disabled" : running ? "enabled, apply worker running" :
-			"enabled, apply worker not running (see the server log)",
+			errors > 0 ?
+			"enabled, but the apply worker is not running: it keeps failing (see apply_errors and the server log)" :
+			"enabled, apply worker not running (starting, or see the server log)",
 			-1, enabled && running);
 
 	{
@@ -208,7 +211,6 @@ target_rows(StatusRows *rows, const char *source_lsn, bool *ready)
 			SPI_getvalue(tup, desc, 4) ? SPI_getvalue(tup, desc, 4) : "never",
 			-1, SPI_getvalue(tup, desc, 4) != NULL);
 
-	errors = DatumGetInt64(SPI_getbinval(tup, desc, 7, &isnull));
 	put_row(rows, "target", "apply_errors",
 			errors == 0 ? "none" :
 			psprintf("%lld apply or copy errors since the statistics were reset; the server log has their messages (pg_stat_reset_subscription_stats resets the count)",

@@ -88,17 +88,28 @@ subscription_drop(void)
 	return true;
 }
 
-static bool
-contains_name(List *names, const char *name)
+static int
+compare_names(const void *a, const void *b)
 {
+	return strcmp(*(const char *const *) a, *(const char *const *) b);
+}
+
+/*
+ * The strings of names as an array sorted by strcmp, in the current memory
+ * context; *n receives its length.
+ */
+static char **
+sorted_names(List *names, int *n)
+{
+	char	  **array = palloc(sizeof(char *) * Max(list_length(names), 1));
 	ListCell   *lc;
+	int			i = 0;
 
 	foreach(lc, names)
-	{
-		if (strcmp((char *) lfirst(lc), name) == 0)
-			return true;
-	}
-	return false;
+		array[i++] = (char *) lfirst(lc);
+	qsort(array, i, sizeof(char *), compare_names);
+	*n = i;
+	return array;
 }
 
 /*
@@ -109,16 +120,29 @@ contains_name(List *names, const char *name)
  * no longer published is neither replicated nor fenced.  Returns NULL when
  * they match, else the differing tables as text, in cxt.  Must run in a
  * transaction.
+ *
+ * Both lists are sorted and merged: tens of thousands of tables cost
+ * milliseconds, and this runs while writes are fenced.  The subscribed
+ * names are copied out of SPI's memory, which SPI_finish frees.
  */
 char *
 subscription_table_mismatch(Oid subid, List *published, MemoryContext cxt)
 {
-	List	   *subscribed = NIL;
-	ListCell   *lc;
-	uint64		i;
+	MemoryContext oldcxt;
+	char	  **pub;
+	char	  **sub;
+	int			npub;
+	int			nsub;
+	int			i = 0;
+	int			j = 0;
+	uint64		row;
 	StringInfoData diff;
 	Oid			types[1] = {OIDOID};
 	Datum		values[1];
+
+	oldcxt = MemoryContextSwitchTo(cxt);
+	pub = sorted_names(published, &npub);
+	MemoryContextSwitchTo(oldcxt);
 
 	values[0] = ObjectIdGetDatum(subid);
 	SPI_connect();
@@ -130,25 +154,34 @@ subscription_table_mismatch(Oid subid, List *published, MemoryContext cxt)
 						"WHERE r.srsubid OPERATOR(pg_catalog.=) $1",
 						1, types, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the subscription's tables");
-	for (i = 0; i < SPI_processed; i++)
-		subscribed = lappend(subscribed,
-							 MemoryContextStrdup(cxt,
-												 SPI_getvalue(SPI_tuptable->vals[i],
-															  SPI_tuptable->tupdesc, 1)));
+	nsub = (int) SPI_processed;
+	sub = MemoryContextAlloc(cxt, sizeof(char *) * Max(nsub, 1));
+	for (row = 0; row < SPI_processed; row++)
+		sub[row] = MemoryContextStrdup(cxt,
+									   SPI_getvalue(SPI_tuptable->vals[row],
+													SPI_tuptable->tupdesc, 1));
 	SPI_finish();
+	qsort(sub, nsub, sizeof(char *), compare_names);
 
+	oldcxt = MemoryContextSwitchTo(cxt);
 	initStringInfo(&diff);
-	foreach(lc, published)
+	while (i < npub || j < nsub)
 	{
-		if (!contains_name(subscribed, lfirst(lc)))
-			appendStringInfo(&diff, "%s%s (published, not subscribed)",
-							 diff.len > 0 ? ", " : "", (char *) lfirst(lc));
+		int			cmp = i >= npub ? 1 : j >= nsub ? -1 : strcmp(pub[i], sub[j]);
+
+		if (cmp == 0)
+		{
+			i++;
+			j++;
+			continue;
+		}
+		if (diff.len > 0)
+			appendStringInfoString(&diff, ", ");
+		if (cmp < 0)
+			appendStringInfo(&diff, "%s (published, not subscribed)", pub[i++]);
+		else
+			appendStringInfo(&diff, "%s (subscribed, no longer published)", sub[j++]);
 	}
-	foreach(lc, subscribed)
-	{
-		if (!contains_name(published, lfirst(lc)))
-			appendStringInfo(&diff, "%s%s (subscribed, no longer published)",
-							 diff.len > 0 ? ", " : "", (char *) lfirst(lc));
-	}
-	return diff.len > 0 ? MemoryContextStrdup(cxt, diff.data) : NULL;
+	MemoryContextSwitchTo(oldcxt);
+	return diff.len > 0 ? diff.data : NULL;
 }

@@ -18,6 +18,12 @@
  * the migration can only be finished, by this worker or by the next
  * zdm.cutover() call.
  *
+ * A target that cannot apply a change of the source (its apply worker
+ * fails, is restarted and fails again) would keep the source fenced until
+ * the timeout: the worker refuses to fence while the apply worker is
+ * failing, and reads the error counts on every poll to release the fence
+ * as soon as it fails again (check_apply_errors).
+ *
  * Catch-up is proven by either of two facts: the slot on the source has
  * confirmed_flush_lsn >= final position (applied and flushed here), or
  * every table is ready and the apply worker has reported a position
@@ -78,13 +84,19 @@ typedef struct CutoverRun
 	TimestampTz fence_started;
 	double		blocked_ms;		/* fence taken until target detached */
 	char	   *final_lsn;
+	int64		apply_errors;	/* error counts when the cutover started */
+	int64		sync_errors;
+	SequenceCache *sequences;	/* read before the fence, in cxt */
 } CutoverRun;
 
 /* What one poll of the catch-up sees. */
 typedef struct Progress
 {
 	bool		all_ready;		/* every table ready */
+	bool		enabled;		/* the subscription is enabled */
 	bool		running;		/* apply worker alive and enabled */
+	int64		apply_errors;	/* pg_stat_subscription_stats counts */
+	int64		sync_errors;
 	bool		applied;		/* latest_end_lsn >= target position */
 	bool		flushed;		/* slot confirmed_flush_lsn >= target position */
 	char	   *applied_lsn;	/* latest_end_lsn here, text */
@@ -222,10 +234,12 @@ poll_progress(CutoverRun *run, const char *lsn)
 							  "    WHERE r.srsubid = s.oid AND r.srsubstate <> 'r'), "
 							  "  s.subenabled AND st.pid IS NOT NULL, "
 							  "  coalesce(st.latest_end_lsn >= $1::pg_catalog.pg_lsn, false), "
-							  "  st.latest_end_lsn::text "
+							  "  st.latest_end_lsn::text, s.subenabled, "
+							  "  coalesce(ss.apply_error_count, 0), coalesce(ss.sync_error_count, 0) "
 							  "FROM pg_catalog.pg_subscription s "
 							  "LEFT JOIN pg_catalog.pg_stat_subscription st "
 							  "  ON st.subid = s.oid AND " ZDM_APPLY_LEADER("st") " "
+							  "LEFT JOIN pg_catalog.pg_stat_subscription_stats ss ON ss.subid = s.oid "
 							  "WHERE s.oid = $2",
 							  2, types, values, nulls, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the subscription's progress");
@@ -240,6 +254,9 @@ poll_progress(CutoverRun *run, const char *lsn)
 		p.running = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull)) && !isnull;
 		p.applied = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
 		p.applied_lsn = applied_lsn ? MemoryContextStrdup(callercxt, applied_lsn) : NULL;
+		p.enabled = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
+		p.apply_errors = DatumGetInt64(SPI_getbinval(tup, desc, 6, &isnull));
+		p.sync_errors = DatumGetInt64(SPI_getbinval(tup, desc, 7, &isnull));
 	}
 	PopActiveSnapshot();
 	SPI_finish();
@@ -257,8 +274,46 @@ nap(void)
 }
 
 /*
+ * Stop the cutover when the apply worker keeps failing: a change the target
+ * cannot apply (a constraint, trigger or type of the target that the
+ * source's rows do not satisfy) is queued, and the target will not catch up
+ * however long the fence waits -- the worker fails, is restarted every
+ * wal_retrieve_retry_interval, and fails again on the same change.
+ *
+ * PostgreSQL 15 counts every error of the worker, a lost connection to the
+ * source included, after which it reconnects and catches up.  So while the
+ * source is fenced (fenced: the error then releases it) the cutover stops
+ * once the worker has failed again after a restart: two new errors since
+ * the cutover started.  Before the fence nothing is locked, and one new
+ * error is enough to refuse.  Called on every poll, every zdm.poll_interval.
+ */
+static void
+check_apply_errors(CutoverRun *run, Progress *p, bool fenced)
+{
+	int64		apply_new = p->apply_errors - run->apply_errors;
+	int64		sync_new = p->sync_errors - run->sync_errors;
+
+	if (apply_new + sync_new < (fenced ? 2 : 1))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 fenced ?
+			 errmsg("replication failed while writes were fenced: the target cannot apply a change of the source") :
+			 errmsg("the apply worker of subscription %s is failing: the target cannot apply a change of the source",
+					ZDM_SUBSCRIPTION),
+			 errdetail("Its apply worker reported %lld new apply errors and %lld new copy errors while the cutover waited%s; %s PostgreSQL keeps the error messages only in this server's log.",
+					   (long long) apply_new, (long long) sync_new,
+					   fenced ? " (it failed again after a restart)" : "",
+					   fenced ?
+					   "the fence is released and the source is writable again." :
+					   "the source was not locked."),
+			 errhint("Find the error of the logical replication worker in this server's log and fix its cause (often a constraint, trigger or column type of the target that the source's rows do not satisfy); once zdm.status() shows ready and apply_errors no longer grows, cut over again.")));
+}
+
+/*
  * Refuse to start when the subscription cannot deliver: disabled, its apply
- * worker not running, or tables still being copied.
+ * worker failing or not running, or tables still being copied.  Remembers
+ * the error counts, which every later poll compares with.
  */
 static void
 check_subscription_ready(CutoverRun *run)
@@ -273,18 +328,42 @@ check_subscription_ready(CutoverRun *run)
 	p = poll_progress(run, NULL);
 	if (!p.all_ready)
 		refuse_unfinished_copy();
+	if (!p.enabled)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("subscription %s is disabled", ZDM_SUBSCRIPTION),
+				 errdetail("Nothing is replicated while it is disabled; the source was not locked."),
+				 errhint("Enable it (ALTER SUBSCRIPTION %s ENABLE), wait until zdm.status() is ready, and cut over again.",
+						 ZDM_SUBSCRIPTION)));
+	if (!p.running && p.apply_errors + p.sync_errors > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the apply worker of subscription %s is failing", ZDM_SUBSCRIPTION),
+				 errdetail("The subscription is enabled, but its apply worker is not running and has reported %lld apply errors and %lld copy errors since the statistics were reset; it is restarted every wal_retrieve_retry_interval and fails again while the cause remains. The source was not locked.",
+						   (long long) p.apply_errors, (long long) p.sync_errors),
+				 errhint("Find the error of the logical replication worker in this server's log and fix its cause (often a constraint, trigger or column type of the target that the source's rows do not satisfy); once zdm.status() shows ready and apply_errors no longer grows, cut over again.")));
 	if (!p.running)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("subscription %s is not streaming", ZDM_SUBSCRIPTION),
-				 errdetail("It is disabled or its apply worker is not running; the source was not locked."),
-				 errhint("Enable it (ALTER SUBSCRIPTION %s ENABLE) and check the server log and zdm.status().",
-						 ZDM_SUBSCRIPTION)));
+				 errmsg("the apply worker of subscription %s is not running", ZDM_SUBSCRIPTION),
+				 errdetail("The subscription is enabled and has reported no errors; its worker may be starting or waiting to be restarted. The source was not locked."),
+				 errhint("Retry in a few seconds; if zdm.status() keeps showing the worker not running, this server's log says why.")));
+	run->apply_errors = p.apply_errors;
+	run->sync_errors = p.sync_errors;
 }
 
 /*
  * Before fencing: wait, unlocked, until the slot is less than
  * FENCE_LAG_LIMIT_BYTES behind the source, so the fenced wait is short.
+ *
+ * When the apply worker has reported errors before, it may be running
+ * again only to fail on the same queued change (it is restarted every
+ * wal_retrieve_retry_interval).  Then the fence also waits until the target
+ * has applied what the source had written when this wait began, for at
+ * most twice that interval: a failing worker reports a new error within
+ * it, and the cutover ends with the source never locked; a worker that is
+ * merely slow or held up by a lock is not failing, and the cutover goes on
+ * (the errors were old).
  */
 static void
 come_close(CutoverRun *run)
@@ -293,11 +372,26 @@ come_close(CutoverRun *run)
 												  "pg_zdm come close",
 												  ALLOCSET_SMALL_SIZES);
 	MemoryContext oldcxt = MemoryContextSwitchTo(loopcxt);
+	char	   *start_lsn = NULL;
+	TimestampTz watch_until = 0;
+
+	if (run->apply_errors + run->sync_errors > 0)
+	{
+		RemoteResult *res = remote_query(run->control,
+										 "SELECT pg_current_wal_lsn()::text",
+										 0, NULL, "reading the source's position");
+
+		start_lsn = MemoryContextStrdup(oldcxt, remote_value(res, 0, 0));
+		watch_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												  2 * (int64) Max(wal_retrieve_retry_interval, 500));
+	}
 
 	for (;;)
 	{
 		RemoteResult *res;
 		const char *params[1] = {run->state.slot_name};
+		Progress	p;
+		bool		close;
 
 		MemoryContextReset(loopcxt);
 		check_still_wanted(run, "waiting for the target to come close before fencing");
@@ -310,7 +404,14 @@ come_close(CutoverRun *run)
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
 					 errmsg("replication slot %s is missing on the source", run->state.slot_name),
 					 errhint("Run CALL zdm.abort() and start again with zdm.init.")));
-		if (strtoi64(remote_value(res, 0, 0), NULL, 10) <= FENCE_LAG_LIMIT_BYTES)
+		close = strtoi64(remote_value(res, 0, 0), NULL, 10) <= FENCE_LAG_LIMIT_BYTES;
+		p = poll_progress(run, start_lsn);
+		check_apply_errors(run, &p, false);
+		if (start_lsn != NULL &&
+			((p.all_ready && (p.flushed || (p.applied && p.running))) ||
+			 GetCurrentTimestamp() >= watch_until))
+			start_lsn = NULL;	/* not failing: stop watching */
+		if (close && start_lsn == NULL)
 			break;
 		nap();
 	}
@@ -360,6 +461,7 @@ wait_for_catchup(CutoverRun *run)
 		MemoryContextReset(loopcxt);
 		check_still_wanted(run, "waiting for the target to catch up");
 		p = poll_progress(run, run->final_lsn);
+		check_apply_errors(run, &p, true);
 		if (p.all_ready && (p.flushed || (p.applied && p.running)))
 		{
 			if (!p.flushed)
@@ -390,27 +492,62 @@ wait_for_catchup(CutoverRun *run)
 	MemoryContextDelete(loopcxt);
 }
 
+/*
+ * Move the sequences here ahead of the source's (sequences.c), and report
+ * the sequences found on one side only: their values are not carried, so a
+ * default using one may hand out ids the source already used.
+ */
 static void
 set_sequences(CutoverRun *run)
 {
-	int			unmatched = 0;
-	int			set;
+	SequenceSync sync;
 	TimestampTz started = GetCurrentTimestamp();
 	double		took_ms;
+	StringInfoData detail;
 
 	SPI_connect();
-	set = sequences_sync(run->control, run->shared->sequence_buffer, &unmatched);
+	sequences_sync(run->control, run->shared->sequence_buffer, run->sequences,
+				   &sync);
 	SPI_finish();
 	took_ms = (double) (GetCurrentTimestamp() - started) / 1000.0;
 
-	event_log("sequences_synced", "%d sequences set to the source's value + %lld in %.1f ms, %d without counterpart here",
-			  set, (long long) run->shared->sequence_buffer, took_ms, unmatched);
+	initStringInfo(&detail);
+	if (sync.nsource_only > 0)
+		appendStringInfo(&detail, "%d sequences of the source have no counterpart on this target and were left alone: %s. ",
+						 sync.nsource_only, sync.source_only);
+	if (sync.ntarget_only > 0)
+		appendStringInfo(&detail, "%d sequences of this target have no counterpart on the source and were not set: %s. ",
+						 sync.ntarget_only, sync.target_only);
+	if (sync.nunreadable > 0)
+		appendStringInfo(&detail, "%d sequences of the source could not be read by the source role (it needs SELECT on them) and were not set: %s. ",
+						 sync.nunreadable, sync.unreadable);
+	if (detail.len > 0)
+		detail.data[--detail.len] = '\0';
+
+	event_log("sequences_synced", "%lld sequences set to the source's value + %lld in %.1f ms%s%s",
+			  (long long) sync.set, (long long) run->shared->sequence_buffer,
+			  took_ms, detail.len > 0 ? "; " : "", detail.data);
 	ereport(NOTICE,
-			(errmsg("%d sequences set to the source's value + %lld in %.1f ms", set,
+			(errmsg("%lld sequences set to the source's value + %lld in %.1f ms",
+					(long long) sync.set,
 					(long long) run->shared->sequence_buffer, took_ms),
-			 unmatched > 0 ?
-			 errdetail("%d sequences of the source have no counterpart on this target and were left alone.",
-					   unmatched) : 0));
+			 detail.len > 0 ? errdetail("%s", detail.data) : 0,
+			 detail.len > 0 ?
+			 errhint("After the cutover, set each of them by hand with setval() past the largest value in use, or drop it if it is not used.") : 0));
+}
+
+/*
+ * Read the source's sequences before the fence, those not called from
+ * their relations (a query each): under the fence only what changed since
+ * is read again (sequences.c).
+ */
+static void
+prefetch_sequences(CutoverRun *run)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(run->cxt);
+
+	run->sequences = sequences_prefetch(run->control);
+	MemoryContextSwitchTo(oldcxt);
 }
 
 static void
@@ -542,10 +679,13 @@ commit_fence(CutoverRun *run)
 
 /*
  * Refuse when the publication and the subscription disagree about the
- * tables (see subscription_table_mismatch).
+ * tables (see subscription_table_mismatch).  Returns the published tables,
+ * which the fence then locks: they are listed once per cutover, before any
+ * lock, and fence_verify proves with one small query that the fence holds
+ * them all.
  */
-static void
-check_same_tables(CutoverRun *run, const char *when)
+static List *
+check_same_tables(CutoverRun *run)
 {
 	List	   *published = fence_published_tables(run->control);
 	MemoryContext callercxt = CurrentMemoryContext;
@@ -562,10 +702,11 @@ check_same_tables(CutoverRun *run, const char *when)
 	if (mismatch != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the publication and the subscription do not cover the same tables %s", when),
+				 errmsg("the publication and the subscription do not cover the same tables (the source was not locked)"),
 				 errdetail("Tables: %s.", mismatch),
 				 errhint("Run ALTER SUBSCRIPTION %s REFRESH PUBLICATION on this target (outside a transaction block), wait until zdm.status() is ready, and cut over again.",
 						 ZDM_SUBSCRIPTION)));
+	return published;
 }
 
 /*
@@ -590,7 +731,7 @@ cutover_steps(CutoverRun *run)
 {
 	const char *dsn = run->state.source_conninfo;
 	RemoteResult *res;
-	int			ntables;
+	List	   *tables;
 
 	run->control = remote_connect(dsn, "to cut over");
 	remote_keep_across_abort(run->control);
@@ -618,22 +759,24 @@ cutover_steps(CutoverRun *run)
 		in_transaction(mark_streaming, run);
 
 	check_subscription_ready(run);
-	check_same_tables(run, "(the source was not locked)");
+	tables = check_same_tables(run);
 	in_transaction(mark_cutover_started, run);
 
 	come_close(run);
+	prefetch_sequences(run);
 	run->fence_started = GetCurrentTimestamp();
-	fence_acquire(dsn, run->control, &run->fence, &ntables,
+	fence_acquire(dsn, run->control, tables, &run->fence,
 				  (int) Min(TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
 															run->deadline) + 1000,
 							INT_MAX),
 				  still_wanted_while_fencing, run);
-	check_same_tables(run, "(writes were blocked; the fence is released)");
+	/* the triggers are created while the rest goes on */
+	fence_make_permanent(run->fence);
+	fence_verify(run->control, run->fence, list_length(tables));
 	ereport(NOTICE,
 			(errmsg("writes blocked on the source: %d tables fenced in %.1f ms",
-					ntables,
+					list_length(tables),
 					(double) (GetCurrentTimestamp() - run->fence_started) / 1000.0)));
-	fence_make_permanent(run->fence, run->control);
 
 	res = remote_query(run->control,
 					   "SELECT pg_logical_emit_message(true, 'pg_zdm', 'cutover')::text",

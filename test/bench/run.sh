@@ -73,6 +73,10 @@
 #     same subscription created by hand, alternating, CATCHUP_REPS (3) times
 #     each; medians.
 #
+#  (How pg_zdm scales to tens of thousands of tables -- check, init, status,
+#  abort, and the blocked window of a cutover with 1,000 to 20,000 tables --
+#  is measured by test/bench/scale.sh, whose clusters need other settings.)
+#
 # Options:
 #   --quick          2 rounds, 1,000 sequences, 100 tables, 20,000-row burst
 #   --rounds N       cutover rounds per procedure (default 5)

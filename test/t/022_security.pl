@@ -476,6 +476,10 @@ ALTER SEQUENCE public.mallory_seq RESTART});
 	return;
 }
 
+# The source is read-only after the cutover above (it now also rejects new
+# tables): make it writable again, as the README says, before mallory
+# creates objects there.
+$source->safe_psql('app', 'DROP SCHEMA zdm_fence CASCADE');
 foreach my $node ($source, $target)
 {
 	$node->safe_psql('app', q{
@@ -496,7 +500,7 @@ sub migration_under
 	my ($label, $setup) = @_;
 	my $output_before = length $all_output;
 
-	$source->safe_psql('app', 'DROP SCHEMA zdm_fence CASCADE');
+	$source->safe_psql('app', 'DROP SCHEMA IF EXISTS zdm_fence CASCADE');
 	$target->safe_psql('app', 'DROP EXTENSION pg_zdm; TRUNCATE ' . join(', ', @tables));
 	mallory_reset($_) foreach ($source, $target);
 
