@@ -1,4 +1,4 @@
-# test/t/030_schema_checks.pl: preflight checks that need their own clusters.
+# test/t/035_schema_checks.pl: preflight checks that need their own clusters.
 #
 #   - fence_locks: a source whose lock table is too small for the cutover's
 #     fence (max_locks_per_transaction 10, max_connections 10: 100 locks) is

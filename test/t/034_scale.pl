@@ -1,4 +1,4 @@
-# test/t/030_scale.pl: check, init, status, tables, abort and cutover with
+# test/t/034_scale.pl: check, init, status, tables, abort and cutover with
 # 5,000 published tables.
 #
 # With this many tables the cutover worker used to die with signal 11 (its
