@@ -718,8 +718,8 @@ check_unlogged_tables(CheckContext *ctx, CheckResult *result)
 }
 
 /*
- * Stored generated columns of the source (12 and later): not replicated;
- * the target must compute them itself.
+ * Generated columns of the source (stored from 12, virtual from 18): not
+ * replicated; the target must compute them itself.
  */
 static const char *source_generated_sql =
 "SELECT n.nspname, c.relname, a.attname, "
@@ -730,7 +730,7 @@ static const char *source_generated_sql =
 "WHERE c.relkind = 'r' AND c.relpersistence = 'p' "
 "  AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
 "  AND n.nspname !~ '^pg_' "
-"  AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = 's' "
+"  AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> '' "
 "ORDER BY 1, 2, a.attnum";
 
 /*
