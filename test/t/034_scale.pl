@@ -21,10 +21,12 @@ use ZdmTest;
 my $ntables = 5000;
 
 # PostgreSQL::Test::Cluster runs max_connections = 10: a lock table of about
-# 2,000 entries, which the fence (a lock per table on the source) and CREATE
-# PUBLICATION / CREATE SUBSCRIPTION (the same on each side) exceed with 5,000
-# tables.  Raised as the preflight check on the lock table asks.
-my $locks = "max_locks_per_transaction = 256\n";
+# 640 entries by default, which the fence (a lock per table on the source)
+# and CREATE PUBLICATION / CREATE SUBSCRIPTION (the same on each side)
+# exceed with 5,000 tables.  Raised as the fence_locks check asks: the fence
+# may use half of max_locks_per_transaction * max_connections, so 2 * 5,000
+# locks need 1,000 per connection.
+my $locks = "max_locks_per_transaction = 1024\n";
 my $source = start_source('source', $locks);
 my $target = start_target('target', $locks);
 
