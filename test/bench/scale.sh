@@ -26,10 +26,11 @@
 #      taken until the target detached), plus the whole call;
 #   7. drops both databases.
 #
-# Settings: both clusters run max_locks_per_transaction = 256, which 20,000
+# Settings: both clusters run max_locks_per_transaction = 512, which 20,000
 # tables need (the fence holds one lock per table on the source, and CREATE
 # SUBSCRIPTION one per table on the target, in one transaction each) and
-# which the preflight check on the lock table asks for; everything else is
+# which the fence_locks check asks for (the fence may take half of 512 x 100
+# connections); everything else is
 # PostgreSQL's default.  The initial copy is deferred (defer_copy): this
 # measures pg_zdm, not PostgreSQL's table synchronisation.
 #
@@ -89,8 +90,8 @@ setup() {
         zdm_die "make failed"
     make -C "$ZDM_REPO_ROOT" PG_CONFIG="$ZDM_PG_CONFIG" with_llvm=no install >/dev/null ||
         zdm_die "make install failed"
-    zdm_cluster_start src auto "max_locks_per_transaction = 256" "fsync = off"
-    zdm_cluster_start tgt auto "max_locks_per_transaction = 256" "fsync = off" \
+    zdm_cluster_start src auto "max_locks_per_transaction = 512" "fsync = off"
+    zdm_cluster_start tgt auto "max_locks_per_transaction = 512" "fsync = off" \
         "wal_receiver_status_interval = 1s"
     SRC_PORT=$(zdm_cluster_port src)
 }
@@ -176,7 +177,7 @@ main() {
     done
     echo
     echo "pg_zdm at scale: $COMMAND_LINE"
-    echo "machine: nproc=$(nproc), $(uname -sr), PostgreSQL $(sql src postgres -c 'SHOW server_version'); defer_copy; no load; max_locks_per_transaction = 256 on both sides"
+    echo "machine: nproc=$(nproc), $(uname -sr), PostgreSQL $(sql src postgres -c 'SHOW server_version'); defer_copy; no load; max_locks_per_transaction = 512 on both sides"
     echo "(s: seconds, ms: milliseconds; ready: from the second init call to zdm.status() ready;"
     echo " fenced: LOCK of every table; blocked: writes blocked on the source, fence to detach)"
     printf '%7s %8s %8s %9s %8s %10s %10s %10s %11s %9s\n' tables check_s init_s ready_s \
