@@ -16,6 +16,7 @@ OBJS = \
 	src/state.o \
 	src/status.o \
 	src/subscription.o \
+	src/verify.o \
 	src/worker.o
 
 EXTENSION = pg_zdm
