@@ -118,8 +118,10 @@ typedef struct ChunkPair
 /* One row of a drill-down. */
 typedef struct KeyRow
 {
-	const char *key;
-	const char *hash;
+	int			chunk;
+	const char *key;			/* the key's canonical text */
+	const char *hash;			/* the row hash; in a difference, the source's */
+	const char *other_hash;		/* in a difference, the target's */
 } KeyRow;
 
 /* GUCs */
@@ -687,6 +689,13 @@ keyrow_cmp(const void *a, const void *b)
 	return strcmp(((const KeyRow *) a)->key, ((const KeyRow *) b)->key);
 }
 
+static bool
+same_text(const char *a, const char *b)
+{
+	return a == NULL ? b == NULL : b != NULL && strcmp(a, b) == 0;
+}
+
+/* The rows of a drill-down result (chunk, key, hash), sorted by key. */
 static KeyRow *
 key_rows(RemoteResult *res)
 {
@@ -695,11 +704,77 @@ key_rows(RemoteResult *res)
 
 	for (r = 0; r < res->ntuples; r++)
 	{
-		rows[r].key = remote_value(res, r, 0);
-		rows[r].hash = remote_value(res, r, 1);
+		rows[r].chunk = atoi(remote_value(res, r, 0));
+		rows[r].key = remote_value(res, r, 1);
+		rows[r].hash = remote_value(res, r, 2);
 	}
 	qsort(rows, res->ntuples, sizeof(KeyRow), keyrow_cmp);
 	return rows;
+}
+
+/*
+ * Fetch (chunk, key, row hash) of the rows of chunks[0..n) from both sides
+ * and return the keys that differ, sorted by key, in *diffs: hash is the
+ * source's row hash (NULL: missing there), other_hash the target's.
+ */
+static int
+differing_keys(VerifyRun *run, VerifyTable *t, int nchunks, int *chunks,
+			   int n, KeyRow **diffs, bool *caught_up)
+{
+	RemoteResult *src;
+	RemoteResult *tgt;
+	KeyRow	   *s;
+	KeyRow	   *g;
+	KeyRow	   *out;
+	StringInfoData sql;
+	int			i = 0;
+	int			j = 0;
+	int			ndiffs = 0;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT %s, %s, %s FROM %s WHERE %s IN (",
+					 chunk_expr(t, nchunks), row_text_expr(t->key),
+					 row_hash_expr(run, t), t->qualified, chunk_expr(t, nchunks));
+	for (i = 0; i < n; i++)
+		appendStringInfo(&sql, "%s%d", i > 0 ? ", " : "", chunks[i]);
+	appendStringInfoChar(&sql, ')');
+	both_sides(run, sql.data, "fetching the keys of differing chunks",
+			   &src, &tgt, caught_up);
+
+	s = key_rows(src);
+	g = key_rows(tgt);
+	out = palloc(sizeof(KeyRow) * Max(src->ntuples + tgt->ntuples, 1));
+	i = 0;
+	while (i < src->ntuples || j < tgt->ntuples)
+	{
+		int			cmp = i >= src->ntuples ? 1 : j >= tgt->ntuples ? -1 :
+			strcmp(s[i].key, g[j].key);
+		KeyRow		d;
+
+		if (cmp < 0)
+		{
+			d = s[i++];
+			d.other_hash = NULL;
+		}
+		else if (cmp > 0)
+		{
+			d = g[j++];
+			d.other_hash = d.hash;
+			d.hash = NULL;
+		}
+		else
+		{
+			d = s[i];
+			d.other_hash = g[j].hash;
+			i++;
+			j++;
+			if (same_text(d.hash, d.other_hash))
+				continue;
+		}
+		out[ndiffs++] = d;
+	}
+	*diffs = out;
+	return ndiffs;
 }
 
 /* One kind of difference: how many, and the first keys. */
@@ -719,28 +794,44 @@ keylist_add(KeyList *list, const char *keycols, const char *key)
 						 list->count > 1 ? ", " : "", keycols, key);
 }
 
+static void
+keylist_describe(KeyList *list, StringInfo detail)
+{
+	if (list->count == 0)
+		return;
+	appendStringInfo(detail, "%s%s (%lld): %s", detail->len > 0 ? "; " : "",
+					 list->what, (long long) list->count, list->keys.data);
+	if (list->count > VERIFY_KEYS_LISTED)
+		appendStringInfo(detail, " and %lld more",
+						 (long long) (list->count - VERIFY_KEYS_LISTED));
+}
+
 /*
- * Drill into the chunks pairs[0..n): fetch (key, row hash) of their rows
- * from both sides and describe the keys missing here, extra here and
- * different into detail.  Returns the number of differing rows.
+ * Drill into the chunks chunks[0..n): name the keys missing on the target,
+ * extra there and different.  While the source is live, the keys that
+ * differ are fetched again (their chunks) until each one either matches,
+ * or differs twice in a row with the same row hashes on both sides (a
+ * difference that does not move: not in flight), up to zdm.verify_rechecks
+ * times; the rest are unsettled.  Appends to detail; returns how many keys
+ * differ or did not settle.
  */
 static int64
-drill_down(VerifyRun *run, VerifyTable *t, int nchunks, ChunkPair *pairs,
-		   int n, StringInfo detail)
+drill_down(VerifyRun *run, VerifyTable *t, int nchunks, int *chunks, int n,
+		   StringInfo detail)
 {
-	RemoteResult *src;
-	RemoteResult *tgt;
-	KeyRow	   *s;
-	KeyRow	   *g;
-	bool		caught_up;
-	int			i = 0;
-	int			j = 0;
-	KeyList		lists[3] = {{"missing on the target"}, {"extra on the target"},
-	{"different"}};
+	KeyList		lists[4] = {{"missing on the target"}, {"extra on the target"},
+	{"different"}, {"did not settle (changing on the source)"}};
 	StringInfoData keycols;
 	ListCell   *lc;
+	KeyRow	   *prev = NULL;
+	int			nprev = 0;
+	int			round;
 	int64		total = 0;
 	int			k;
+	bool		lagging = false;
+	int			done_size = 64;
+	int			ndone = 0;
+	KeyRow	   *done = palloc(sizeof(KeyRow) * done_size);
 
 	initStringInfo(&keycols);
 	appendStringInfoChar(&keycols, '(');
@@ -748,44 +839,74 @@ drill_down(VerifyRun *run, VerifyTable *t, int nchunks, ChunkPair *pairs,
 		appendStringInfo(&keycols, "%s%s", foreach_current_index(lc) > 0 ? ", " : "",
 						 quote_identifier(((VerifyColumn *) lfirst(lc))->name));
 	appendStringInfoChar(&keycols, ')');
-	for (k = 0; k < 3; k++)
+	for (k = 0; k < 4; k++)
 		initStringInfo(&lists[k].keys);
 
-	both_sides(run, psprintf("SELECT %s, %s FROM %s%s",
-							 row_text_expr(t->key), row_hash_expr(run, t),
-							 t->qualified, chunk_filter(t, nchunks, pairs, n)),
-			   "fetching the keys of differing chunks", &src, &tgt, &caught_up);
-	s = key_rows(src);
-	g = key_rows(tgt);
-	while (i < src->ntuples || j < tgt->ntuples)
+	for (round = 0; n > 0; round++)
 	{
-		int			cmp = i >= src->ntuples ? 1 : j >= tgt->ntuples ? -1 :
-			strcmp(s[i].key, g[j].key);
+		KeyRow	   *diffs;
+		KeyRow	   *pending;
+		int			npending = 0;
+		bool		caught_up;
+		int			ndiffs = differing_keys(run, t, nchunks, chunks, n, &diffs,
+											&caught_up);
+		bool		last = !run->live || round >= zdm_verify_rechecks;
+		int			i;
 
-		if (cmp < 0)
-			keylist_add(&lists[0], keycols.data, s[i++].key);
-		else if (cmp > 0)
-			keylist_add(&lists[1], keycols.data, g[j++].key);
-		else
+		lagging = !caught_up;
+		pending = palloc(sizeof(KeyRow) * Max(ndiffs, 1));
+		n = 0;
+		for (i = 0; i < ndiffs; i++)
 		{
-			if (strcmp(s[i].hash, g[j].hash) != 0)
-				keylist_add(&lists[2], keycols.data, s[i].key);
-			i++;
-			j++;
+			KeyRow	   *d = &diffs[i];
+			KeyRow	   *before = nprev == 0 ? NULL :
+				bsearch(d, prev, nprev, sizeof(KeyRow), keyrow_cmp);
+			bool		settled = !run->live ||
+				(caught_up && before != NULL && same_text(before->hash, d->hash) &&
+				 same_text(before->other_hash, d->other_hash));
+			int			c;
+
+			/* reported in an earlier round (its chunk was fetched again) */
+			if (ndone > 0 && bsearch(d, done, ndone, sizeof(KeyRow), keyrow_cmp))
+				continue;
+			if (settled)
+			{
+				keylist_add(&lists[d->hash == NULL ? 1 : d->other_hash == NULL ? 0 : 2],
+							keycols.data, d->key);
+				if (ndone >= done_size)
+				{
+					done_size *= 2;
+					done = repalloc(done, sizeof(KeyRow) * done_size);
+				}
+				done[ndone++] = *d;
+				continue;
+			}
+			if (last)
+			{
+				keylist_add(&lists[3], keycols.data, d->key);
+				continue;
+			}
+			/* in flight, perhaps: compare it again, with its chunk */
+			pending[npending++] = *d;
+			for (c = 0; c < n && chunks[c] != d->chunk; c++)
+				;
+			if (c == n)
+				chunks[n++] = d->chunk;
 		}
+		if (last)
+			break;
+		qsort(done, ndone, sizeof(KeyRow), keyrow_cmp);
+		prev = pending;			/* in key order, as diffs */
+		nprev = npending;
 	}
-	for (k = 0; k < 3; k++)
+	for (k = 0; k < 4; k++)
 	{
-		if (lists[k].count == 0)
-			continue;
-		appendStringInfo(detail, "%s%s (%lld): %s", detail->len > 0 ? "; " : "",
-						 lists[k].what, (long long) lists[k].count,
-						 lists[k].keys.data);
-		if (lists[k].count > VERIFY_KEYS_LISTED)
-			appendStringInfo(detail, " and %lld more",
-							 (long long) (lists[k].count - VERIFY_KEYS_LISTED));
+		keylist_describe(&lists[k], detail);
 		total += lists[k].count;
 	}
+	if (lists[3].count > 0)
+		appendStringInfo(detail, " after %d rechecks%s", zdm_verify_rechecks,
+						 lagging ? ", this target did not catch up with the source in time" : "");
 	return total;
 }
 
@@ -816,16 +937,11 @@ verify_table(VerifyRun *run, VerifyTable *t, int number, int ntables)
 	{
 		int			nchunks = 1;
 		ChunkPair  *pairs;
-		ChunkPair  *confirmed;
-		int			nconfirmed = 0;
 		int			n;
 		int			round;
-		int			unsettled = 0;
 		int64		ignore_src;
 		int64		ignore_tgt;
 		bool		caught_up;
-		bool		lagging = false;
-		int64		rows_differing = 0;
 
 		compared = true;
 		if (t->key != NIL)
@@ -833,84 +949,64 @@ verify_table(VerifyRun *run, VerifyTable *t, int number, int ntables)
 								1000000.0);
 		n = compare_chunks(run, t, nchunks, NULL, 0, &pairs, &src_rows,
 						   &tgt_rows, &caught_up);
-		confirmed = palloc(sizeof(ChunkPair) * Max(n, 1));
-		if (!run->live)
-		{
-			memcpy(confirmed, pairs, sizeof(ChunkPair) * n);
-			nconfirmed = n;
-			n = 0;
-		}
-		/* compare the differing chunks again until they settle */
-		for (round = 0; n > 0 && round < zdm_verify_rechecks; round++)
+
+		/*
+		 * Without a key, or with more differing chunks than are worth
+		 * fetching, compare the differing chunks again while the source is
+		 * live: those in flight settle.
+		 */
+		for (round = 0; run->live && round < zdm_verify_rechecks &&
+			 n > (t->key == NIL ? 0 : VERIFY_MAX_DRILL); round++)
 		{
 			ChunkPair  *again;
 			int			m = compare_chunks(run, t, nchunks, pairs, n, &again,
 										   &ignore_src, &ignore_tgt, &caught_up);
-			int			still = 0;
-			int			a = 0;
-			int			b;
 
-			lagging = !caught_up;
-			/* both lists are in chunk order; again is a subset of pairs */
-			for (b = 0; b < m; b++)
-			{
-				while (a < n && pairs[a].chunk < again[b].chunk)
-					a++;
-				if (caught_up && a < n && pairs[a].chunk == again[b].chunk &&
-					same_pair(&pairs[a], &again[b]))
-					confirmed[nconfirmed++] = again[b];
-				else
-					again[still++] = again[b];
-			}
+			if (t->key == NIL && m == 1 && caught_up && same_pair(&pairs[0], &again[0]))
+				break;			/* the same difference twice: it stays */
 			pairs = again;
-			n = still;
+			n = m;
 		}
-		unsettled = n;
 
-		if (nconfirmed > 0 && t->key != NIL)
+		if (n > 0 && t->key != NIL)
 		{
-			rows_differing = drill_down(run, t, nchunks, confirmed,
-										Min(nconfirmed, VERIFY_MAX_DRILL), &detail);
-			if (nconfirmed > VERIFY_MAX_DRILL)
+			int		   *chunks = palloc(sizeof(int) * n);
+			int			ndrill = Min(n, VERIFY_MAX_DRILL);
+			int			i;
+
+			for (i = 0; i < n; i++)
+				chunks[i] = pairs[i].chunk;
+			(void) drill_down(run, t, nchunks, chunks, ndrill, &detail);
+			if (n > ndrill)
 			{
 				int64		s = 0;
 				int64		g = 0;
-				int			i;
 
-				for (i = VERIFY_MAX_DRILL; i < nconfirmed; i++)
+				for (i = ndrill; i < n; i++)
 				{
-					s += confirmed[i].src_rows;
-					g += confirmed[i].tgt_rows;
+					s += pairs[i].src_rows;
+					g += pairs[i].tgt_rows;
 				}
-				appendStringInfo(&detail, "; %d more differing chunks not drilled into (%lld rows on the source, %lld on the target)",
-								 nconfirmed - VERIFY_MAX_DRILL, (long long) s,
-								 (long long) g);
+				appendStringInfo(&detail, "%s%d more differing chunks not fetched (%lld rows on the source, %lld on the target)",
+								 detail.len > 0 ? "; " : "", n - ndrill,
+								 (long long) s, (long long) g);
 			}
-			else if (rows_differing == 0)
-				appendStringInfo(&detail, "%d chunks differed, then matched when their rows were fetched (changed meanwhile)",
-								 nconfirmed);
 		}
-		else if (nconfirmed > 0)
-			appendStringInfo(&detail, "the rows differ: %lld on the source, %lld on the target",
-							 (long long) confirmed[0].src_rows,
-							 (long long) confirmed[0].tgt_rows);
-		if (unsettled > 0)
+		else if (n > 0)
 		{
-			int			i;
+			bool		settled = !run->live || round < zdm_verify_rechecks;
 
-			appendStringInfo(&detail, "%s%d %s did not settle after %d rechecks (%s): ",
-							 detail.len > 0 ? "; " : "", unsettled,
-							 t->key == NIL ? "table digest" : unsettled == 1 ? "chunk" : "chunks",
-							 zdm_verify_rechecks,
-							 lagging ? "this target did not catch up with the source in time" :
-							 "rows in them kept changing on the source");
-			for (i = 0; i < Min(unsettled, VERIFY_KEYS_LISTED); i++)
-				appendStringInfo(&detail, "%schunk %d (%lld rows on the source, %lld on the target)",
-								 i > 0 ? ", " : "", pairs[i].chunk,
-								 (long long) pairs[i].src_rows,
-								 (long long) pairs[i].tgt_rows);
+			if (settled)
+				appendStringInfo(&detail, "the rows differ: %lld on the source, %lld on the target",
+								 (long long) pairs[0].src_rows,
+								 (long long) pairs[0].tgt_rows);
+			else
+				appendStringInfo(&detail, "did not settle after %d rechecks (rows changing on the source, or this target behind): %lld rows on the source, %lld on the target",
+								 zdm_verify_rechecks,
+								 (long long) pairs[0].src_rows,
+								 (long long) pairs[0].tgt_rows);
 		}
-		ok = nconfirmed == 0 && unsettled == 0;
+		ok = detail.len == 0;
 		if (ok)
 			appendStringInfo(&detail, "equal: %lld rows compared in %d %s",
 							 (long long) src_rows, nchunks,
