@@ -318,7 +318,8 @@ tables_to_verify(VerifyRun *run, ArrayType *given)
 #define CATALOG_QUERY \
 	"SELECT u.i, a.attname::pg_catalog.text, " \
 	"  (CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END)::pg_catalog.int4, " \
-	"  pg_catalog.array_position(k.indkey::pg_catalog.int2[], a.attnum), " \
+	"  pg_catalog.array_position(k.indkey::pg_catalog.int2[], a.attnum) " \
+	"    - pg_catalog.array_lower(k.indkey::pg_catalog.int2[], 1) + 1, " \
 	"  greatest(c.reltuples, 0)::pg_catalog.float8 " \
 	"FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), " \
 	"  pg_catalog.unnest($2::pg_catalog.text[])) WITH ORDINALITY u(s, n, i) " \
