@@ -66,12 +66,17 @@ PG_FUNCTION_INFO_V1(zdm_verify);
 
 #define FLOAT4_OID	700			/* the same on every release */
 #define FLOAT8_OID	701
+#define INT2_OID	21
+#define INT4_OID	23
+#define INT8_OID	20
+#define IS_INT_OID(o)	((o) == INT2_OID || (o) == INT4_OID || (o) == INT8_OID)
 
 /* One column compared on both sides. */
 typedef struct VerifyColumn
 {
 	char	   *name;
 	bool		is_float;		/* float4/float8 on both sides: send form */
+	bool		is_int;			/* int2/int4/int8 on both sides */
 	int			keypos;			/* position in the key, 0: not a key column */
 } VerifyColumn;
 
@@ -131,8 +136,9 @@ int			zdm_verify_parallel_workers = -1;
 
 /*
  * Settings that make the text form of a value the same on every release
- * 10 to 18 and whatever the server's defaults (the target sets them with
- * set_config_option, the source with SET).
+ * 10 to 18 and whatever the server's defaults, and the plan of the digests
+ * what it should be (the target sets them with set_config_option, the
+ * source with set_config).
  */
 static const char *const canonical_settings[][2] = {
 	{"TimeZone", "UTC"},
@@ -143,6 +149,12 @@ static const char *const canonical_settings[][2] = {
 	{"lc_monetary", "C"},
 	{"xmloption", "content"},
 	{"search_path", "pg_catalog, pg_temp"},
+	/*
+	 * Not text forms: the plan of the digests.  Hashing a few thousand
+	 * chunks beats sorting every row (see chunk_set).
+	 */
+	{"enable_sort", "off"},
+	{"enable_mergejoin", "off"},
 };
 
 /*
@@ -390,6 +402,7 @@ describe_tables(VerifyRun *run, List *tables)
 		col->name = pstrdup(remote_value(tgt, r, 1));
 		col->is_float = atoi(remote_value(tgt, r, 2)) == FLOAT4_OID ||
 			atoi(remote_value(tgt, r, 2)) == FLOAT8_OID;
+		col->is_int = IS_INT_OID(atoi(remote_value(tgt, r, 2)));
 		col->keypos = -1;		/* not seen on the source yet */
 		t->columns = lappend(t->columns, col);
 	}
@@ -416,6 +429,7 @@ describe_tables(VerifyRun *run, List *tables)
 			found = true;
 			col->is_float = col->is_float &&
 				(srctype == FLOAT4_OID || srctype == FLOAT8_OID);
+			col->is_int = col->is_int && IS_INT_OID(srctype);
 			col->keypos = remote_value(src, r, 3) ? atoi(remote_value(src, r, 3)) : 0;
 		}
 		if (!found)
@@ -462,6 +476,16 @@ describe_tables(VerifyRun *run, List *tables)
 	}
 }
 
+/* The canonical form of a column, as an SQL expression. */
+static char *
+column_expr(VerifyColumn *col)
+{
+	if (col->is_float)
+		return psprintf("pg_catalog.float8send(%s::pg_catalog.float8)",
+						quote_identifier(col->name));
+	return pstrdup(quote_identifier(col->name));
+}
+
 /* The canonical text of some columns, as one SQL expression. */
 static char *
 row_text_expr(List *columns)
@@ -475,15 +499,9 @@ row_text_expr(List *columns)
 	appendStringInfoString(&buf, "ROW(");
 	foreach(lc, columns)
 	{
-		VerifyColumn *col = lfirst(lc);
-
 		if (foreach_current_index(lc) > 0)
 			appendStringInfoString(&buf, ", ");
-		if (col->is_float)
-			appendStringInfo(&buf, "pg_catalog.float8send(%s::pg_catalog.float8)",
-							 quote_identifier(col->name));
-		else
-			appendStringInfoString(&buf, quote_identifier(col->name));
+		appendStringInfoString(&buf, column_expr(lfirst(lc)));
 	}
 	appendStringInfoString(&buf, ")::pg_catalog.text");
 	return buf.data;
@@ -501,30 +519,50 @@ row_hash_expr(VerifyRun *run, VerifyTable *t)
 	return psprintf("pg_catalog.hashtextextended(%s, 0)", text);
 }
 
-/* The chunk of a row: a hash of its key's text, mod nchunks. */
+/*
+ * The chunk of a row: a hash of its key, mod nchunks.  An integer key is
+ * hashed as int8 (hashint8 gives the same value for the same number in
+ * int2, int4 and int8), another single column as its text, several columns
+ * as the text of their row: all the same on every release.
+ */
 static char *
 chunk_expr(VerifyTable *t, int nchunks)
 {
+	VerifyColumn *col;
+
 	if (t->key == NIL)
 		return pstrdup("0");
+	col = linitial(t->key);
+	if (list_length(t->key) == 1 && col->is_int)
+		return psprintf("(pg_catalog.hashint8(%s::pg_catalog.int8) & 2147483647) %% %d",
+						quote_identifier(col->name), nchunks);
+	if (list_length(t->key) == 1)
+		return psprintf("(pg_catalog.hashtext((%s)::pg_catalog.text) & 2147483647) %% %d",
+						column_expr(col), nchunks);
 	return psprintf("(pg_catalog.hashtext(%s) & 2147483647) %% %d",
 					row_text_expr(t->key), nchunks);
 }
 
-/* " WHERE <chunk> IN (...)" for the chunks of pairs[0..n), or "". */
+/*
+ * The set of chunks a digest query covers, as a relation g(b): every chunk,
+ * or those of pairs[0..n).  Joining the rows to it, rather than grouping
+ * by the chunk expression alone, tells the planner how many groups there
+ * are: it then hashes them in each parallel worker (with a GROUP BY on the
+ * expression it expects one group per row, and sorts).
+ */
 static char *
-chunk_filter(VerifyTable *t, int nchunks, ChunkPair *pairs, int n)
+chunk_set(int nchunks, ChunkPair *pairs, int n)
 {
 	StringInfoData buf;
 	int			i;
 
-	if (pairs == NULL || t->key == NIL)
-		return "";
+	if (pairs == NULL)
+		return psprintf("pg_catalog.generate_series(0, %d) g(b)", nchunks - 1);
 	initStringInfo(&buf);
-	appendStringInfo(&buf, " WHERE %s IN (", chunk_expr(t, nchunks));
+	appendStringInfoString(&buf, "pg_catalog.unnest('{");
 	for (i = 0; i < n; i++)
-		appendStringInfo(&buf, "%s%d", i > 0 ? ", " : "", pairs[i].chunk);
-	appendStringInfoChar(&buf, ')');
+		appendStringInfo(&buf, "%s%d", i > 0 ? "," : "", pairs[i].chunk);
+	appendStringInfoString(&buf, "}'::pg_catalog.int4[]) g(b)");
 	return buf.data;
 }
 
@@ -597,6 +635,9 @@ both_sides(VerifyRun *run, const char *sql, const char *step,
 		   RemoteResult **src, RemoteResult **tgt, bool *caught_up)
 {
 	char	   *lsn = NULL;
+	TimestampTz start;
+	TimestampTz caught;
+	TimestampTz done;
 
 	*caught_up = true;
 	if (run->live)
@@ -610,12 +651,19 @@ both_sides(VerifyRun *run, const char *sql, const char *step,
 		lsn = pstrdup(remote_value(res, 0, 0));
 	}
 	remote_send(run->main, sql, step);
+	start = GetCurrentTimestamp();
 	if (run->live)
 		*caught_up = wait_for_target(run, lsn);
+	caught = GetCurrentTimestamp();
 	*tgt = target_query(sql, 0, NULL, NULL);
+	done = GetCurrentTimestamp();
 	*src = remote_receive(run->main, step);
 	if (run->live)
 		remote_command(run->main, "COMMIT", step);
+	ereport(DEBUG1,
+			(errmsg_internal("verify, %s: waited %.1f ms for the target, target query %.1f ms, source result %.1f ms after it",
+							 step, (caught - start) / 1000.0, (done - caught) / 1000.0,
+							 (GetCurrentTimestamp() - done) / 1000.0)));
 }
 
 /*
@@ -636,10 +684,15 @@ compare_chunks(VerifyRun *run, VerifyTable *t, int nchunks,
 	int			r;
 	int			i;
 
-	sql = psprintf("SELECT b, pg_catalog.count(*), pg_catalog.sum(h) "
-				   "FROM (SELECT %s AS b, %s AS h FROM %s%s) s GROUP BY b",
-				   chunk_expr(t, nchunks), row_hash_expr(run, t), t->qualified,
-				   chunk_filter(t, nchunks, filter, nfilter));
+	if (t->key == NIL)
+		sql = psprintf("SELECT 0, pg_catalog.count(*), pg_catalog.sum(%s) FROM %s",
+					   row_hash_expr(run, t), t->qualified);
+	else
+		sql = psprintf("SELECT g.b, pg_catalog.count(*), pg_catalog.sum(s.h) "
+					   "FROM %s JOIN (SELECT %s AS b, %s AS h FROM %s) s ON s.b = g.b "
+					   "GROUP BY g.b",
+					   chunk_set(nchunks, filter, nfilter), chunk_expr(t, nchunks),
+					   row_hash_expr(run, t), t->qualified);
 	both_sides(run, sql, "comparing chunks", &src, &tgt, caught_up);
 
 	*src_rows = 0;
