@@ -74,7 +74,7 @@ CREATE TABLE "Mixed Case"."Odd Table" (
 );
 CREATE TABLE nokey (a integer, b text);
 ALTER TABLE nokey REPLICA IDENTITY FULL;
-CREATE TABLE stop_flag (stop boolean);
+CREATE TABLE stop_flag (stop boolean PRIMARY KEY);
 });
 
 my ($ret, $stdout, $stderr) =
@@ -119,6 +119,7 @@ my $verify_sql = q{SELECT schema_name || '.' || table_name || '|' || coalesce(so
 FROM zdm.verify() ORDER BY schema_name, table_name};
 
 # rows of a verify output as table => [source_rows, target_rows, ok, detail]
+# (ok reads 'true' or 'false': a boolean concatenated to text)
 sub parse_verify
 {
 	my ($out) = @_;
@@ -133,14 +134,14 @@ sub parse_verify
 
 my @all_tables = ('Mixed Case.Odd Table', 'public.hot', 'public.load_ident',
 	'public.load_serial', 'public.nokey', 'public.stop_flag');
-foreach my $round (1 .. 3)
+foreach my $round (1 .. 5)
 {
 	($ret, $stdout, $stderr) = psql_verbose($target, 'app', $verify_sql);
 	is($ret, 0, "verify under load, round $round: succeeds");
 	my %rows = parse_verify($stdout);
 	is(join(',', sort keys %rows), join(',', sort @all_tables),
 		"round $round: one row per published table");
-	my @bad = grep { $rows{$_}[2] ne 't' } sort keys %rows;
+	my @bad = grep { $rows{$_}[2] ne 'true' } sort keys %rows;
 	is(join('; ', map { "$_: $rows{$_}[3]" } @bad), '',
 		"round $round: every table equal while the writes go on");
 	like($stderr, qr/NOTICE:  00000: verified "Mixed Case"."Odd Table" \(1 of 6\): equal/,
@@ -168,7 +169,7 @@ sub check_differences
 	note "$when:\n$stdout";
 	my %rows = parse_verify($stdout);
 	my $odd = $rows{'Mixed Case.Odd Table'};
-	is($odd->[2], 'f', "$when: \"Odd Table\" is not ok");
+	is($odd->[2], 'false', "$when: \"Odd Table\" is not ok");
 	like($odd->[3], qr/missing on the target \(1\): \("Id"\)=\(77\)/,
 		"$when: the deleted row is named as missing on the target");
 	like($odd->[3], qr/extra on the target \(1\): \("Id"\)=\(900001\)/,
@@ -178,11 +179,11 @@ sub check_differences
 	unlike($odd->[3], qr/settle/, "$when: nothing unsettled in \"Odd Table\"");
 	is($odd->[0] . '|' . $odd->[1], '5000|5000', "$when: row counts of \"Odd Table\"");
 	my $nokey = $rows{'public.nokey'};
-	is($nokey->[2], 'f', "$when: the keyless table is not ok");
+	is($nokey->[2], 'false', "$when: the keyless table is not ok");
 	like($nokey->[3],
 		qr/^the rows differ: 40 on the source, 41 on the target; no primary key or replica identity index: compared the whole table/,
 		"$when: the keyless table was compared whole and says so");
-	my @bad = grep { $rows{$_}[2] ne 't' && $_ !~ /Odd Table|nokey/ } sort keys %rows;
+	my @bad = grep { $rows{$_}[2] ne 'true' && $_ !~ /Odd Table|nokey/ } sort keys %rows;
 	is(join('; ', map { "$_: $rows{$_}[3]" } @bad), '',
 		"$when: the other tables are equal");
 	return;
@@ -215,7 +216,7 @@ $call->{harness} = IPC::Run::start(
 pump_until($call->{harness}, $call->{timer}, \$call->{stdout}, qr/^\d+\n/)
   or die "could not start zdm.verify: $call->{stderr}";
 my ($verify_pid) = $call->{stdout} =~ /^(\d+)\n/;
-my $verify_sessions = q{SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_zdm verify'};
+my $no_verify_session = q{SELECT count(*) = 0 FROM pg_stat_activity WHERE application_name = 'pg_zdm verify'};
 ok( $source->poll_query_until('app', q{
 SELECT count(*) = 1 FROM pg_stat_activity
 WHERE application_name = 'pg_zdm verify' AND wait_event_type = 'Lock'}),
@@ -223,7 +224,7 @@ WHERE application_name = 'pg_zdm verify' AND wait_event_type = 'Lock'}),
 $target->safe_psql('app', "SELECT pg_cancel_backend($verify_pid)");
 $call->{harness}->finish;
 is(sqlstate_of($call->{stderr}), '57014', 'the verify is cancelled (57014)');
-ok($source->poll_query_until('app', "$verify_sessions = 0", 0),
+ok($source->poll_query_until('app', $no_verify_session),
 	'no session of the cancelled verify is left on the source');
 is($source->safe_psql('app',
 	q{SELECT count(*) FROM pg_locks WHERE relation = '"Mixed Case"."Odd Table"'::regclass AND NOT granted}),
