@@ -67,6 +67,7 @@ median() {
 }
 
 ITEMS_SCHEMA="
+ALTER TABLE pgbench_history REPLICA IDENTITY FULL;
 CREATE TABLE items (
     id bigint PRIMARY KEY,
     sku text NOT NULL,
