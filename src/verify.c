@@ -6,33 +6,35 @@
  *
  * Per table, both servers scan at the same time (the source query is sent,
  * this target's runs through SPI meanwhile) and return one digest per chunk:
- * the rows are split by a hash of their key's text into B chunks of about
+ * the rows are split by a hash of their key into B chunks of about
  * zdm.verify_chunk_rows rows, and each chunk is (row count, sum of a 64-bit
  * hash of each row's canonical text).  Only the digests cross the network.
- * Chunks that differ are drilled into: both sides send (key, row hash) of
- * those chunks only, and the keys missing, extra or different here are
- * named.  A table without a key (no primary key, no replica identity index)
- * is one chunk: compared whole, order-independent.
+ * Chunks that differ are drilled into: both sides send (chunk, key, row
+ * hash) of those chunks only, and the keys missing, extra or different here
+ * are named.  A table without a key (no primary key, no replica identity
+ * index) is one chunk: compared whole, order-independent.
  *
  * While the source is live, each scan of the source runs in a REPEATABLE
  * READ transaction whose first statement reads the source's WAL insert
  * position L; this target's scan starts only once it has applied L (the
  * apply worker reported latest_end_lsn >= L, or the slot's
- * confirmed_flush_lsn >= L).  A chunk can still differ because of changes
+ * confirmed_flush_lsn >= L).  A key can still differ because of a change
  * committed on the source after L and applied here before this target's
- * scan; so differing chunks are compared again, up to zdm.verify_rechecks
- * times.  A chunk is a difference once two consecutive comparisons give the
- * same pair of digests (nothing moved, so it is not in flight); a chunk that
- * keeps changing is reported as unsettled, not as a difference.  After the
- * cutover both sides are still: the first comparison is final.
+ * scan; so differing keys are fetched again, up to zdm.verify_rechecks
+ * times.  A key is a difference once two consecutive comparisons give it the
+ * same row hashes on both sides (nothing moved, so it is not in flight); a
+ * key that keeps changing is reported as unsettled, not as a difference.
+ * A keyless table is compared again until the same pair of digests shows
+ * twice.  After the cutover both sides are still: the first comparison is
+ * final.
  *
  * Canonical text: both sessions pin TimeZone, DateStyle, IntervalStyle,
  * extra_float_digits = 0 (the one float output that PostgreSQL 10 to 18
  * write alike), bytea_output, lc_monetary and search_path; float4/float8
  * columns are hashed by their binary send form (exact).  Row hashes are
  * hashtextextended (11+) or the first 64 bits of md5 (a source of 10);
- * chunks are hashtext of the key text: both are the same on every release
- * (checked on 10, 11, 13, 15 and 18).
+ * chunks are hashint8 of an integer key, hashtext of another key's text:
+ * all the same on every release (checked on 10, 11, 13, 15 and 18).
  *
  *-------------------------------------------------------------------------
  */
