@@ -1017,9 +1017,15 @@ verify_table(VerifyRun *run, VerifyTable *t, int number, int ntables)
 			ChunkPair  *again;
 			int			m = compare_chunks(run, t, nchunks, pairs, n, &again,
 										   &ignore_src, &ignore_tgt, &caught_up);
+			bool		unchanged = caught_up && m == n;
+			int			i;
 
-			if (t->key == NIL && m == 1 && caught_up && same_pair(&pairs[0], &again[0]))
-				break;			/* the same difference twice: it stays */
+			/* both lists are in chunk order */
+			for (i = 0; unchanged && i < m; i++)
+				unchanged = pairs[i].chunk == again[i].chunk &&
+					same_pair(&pairs[i], &again[i]);
+			if (unchanged)
+				break;			/* the same differences twice: they stay */
 			pairs = again;
 			n = m;
 		}
