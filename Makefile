@@ -17,6 +17,7 @@ OBJS = \
 	src/state.o \
 	src/status.o \
 	src/subscription.o \
+	src/verify.o \
 	src/worker.o
 
 EXTENSION = pg_zdm
@@ -29,7 +30,7 @@ SHLIB_LINK_INTERNAL = $(libpq)
 
 # The regression suite starts its own throwaway server (wal_level = logical);
 # the source is a second database of that same cluster.
-REGRESS = setup check init_basic ignore_missing defer_copy quoted_names bad_input abort
+REGRESS = setup check init_basic ignore_missing defer_copy quoted_names bad_input abort verify
 REGRESS_OPTS = --temp-instance=tmp_check_regress --temp-config=test/regress.conf
 
 # TAP tests run separate source and target clusters.

@@ -143,9 +143,35 @@ LANGUAGE C;
 COMMENT ON PROCEDURE zdm.abort() IS
     'drop subscription, slot and publication and forget the migration';
 
+/*
+ * zdm.verify: compare the rows of the source and this target, one row per
+ * table (every table of the subscription, or after the cutover every table
+ * here that the source has too; or the tables given).  Both servers scan at
+ * once and only per-chunk digests cross the network; chunks that differ are
+ * fetched key by key, and detail names the keys missing on the target,
+ * extra on the target and different.  While the source is live a differing
+ * chunk is compared again once this target has applied the source position
+ * read with it: only a difference that persists is reported, a chunk that
+ * keeps changing is reported as unsettled.  Tables without a key are
+ * compared whole.  ok is true when every row is equal.
+ */
+CREATE FUNCTION zdm.verify(tables regclass[] DEFAULT NULL,
+                           OUT schema_name text,
+                           OUT table_name text,
+                           OUT source_rows bigint,
+                           OUT target_rows bigint,
+                           OUT ok boolean,
+                           OUT detail text)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'zdm_verify'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION zdm.verify(regclass[]) IS
+    'compare the rows of the source and this target per table, naming the keys that differ';
+
 REVOKE ALL ON FUNCTION zdm.check(text, boolean, boolean) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE zdm.init(text, boolean, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION zdm.status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION zdm.tables() FROM PUBLIC;
 REVOKE ALL ON PROCEDURE zdm.cutover(interval, bigint) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE zdm.abort() FROM PUBLIC;
+REVOKE ALL ON FUNCTION zdm.verify(regclass[]) FROM PUBLIC;

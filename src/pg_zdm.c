@@ -49,6 +49,27 @@ _PG_init(void)
 							5, 1, 1000,
 							PGC_SUSET, GUC_UNIT_MS,
 							NULL, NULL, NULL);
+	DefineCustomIntVariable("zdm.verify_chunk_rows",
+							"How many rows zdm.verify() puts in one chunk of a table.",
+							"Each chunk is compared by a digest; a chunk that differs is fetched key by key, so smaller chunks locate faster and cost more digests.",
+							&zdm_verify_chunk_rows,
+							1000, 10, 10000000,
+							PGC_SUSET, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("zdm.verify_rechecks",
+							"How often zdm.verify() compares a differing chunk again while the source is live.",
+							"A chunk whose digests stay the same in two comparisons is a difference; one that changes every time is reported as unsettled.",
+							&zdm_verify_rechecks,
+							5, 1, 100,
+							PGC_SUSET, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("zdm.verify_parallel_workers",
+							"max_parallel_workers_per_gather for the scans of zdm.verify() on both servers.",
+							"-1 keeps each server's own setting.",
+							&zdm_verify_parallel_workers,
+							-1, -1, 1024,
+							PGC_SUSET, 0,
+							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("zdm");
 
 	dsn_install_log_filter();

@@ -11,7 +11,8 @@
  * status.c, abort.c, subscription.c (the local subscription), source.c
  * (removing the migration's objects from the source), cutover.c
  * (the caller side of zdm.cutover), worker.c (the background worker that
- * runs it), fence.c (blocking writes on the source) and sequences.c.
+ * runs it), fence.c (blocking writes on the source), sequences.c and
+ * verify.c (zdm.verify: comparing the rows of both sides).
  *
  *-------------------------------------------------------------------------
  */
@@ -36,6 +37,9 @@
 extern int	zdm_lock_grace_ms;
 extern int	zdm_fence_idle_timeout_ms;
 extern int	zdm_poll_interval_ms;
+extern int	zdm_verify_chunk_rows;
+extern int	zdm_verify_rechecks;
+extern int	zdm_verify_parallel_workers;
 
 /* dsn.c */
 extern char *dsn_validate(const char *dsn);

@@ -1,7 +1,8 @@
 # test/t/032_apply_errors.pl: a cutover while the target cannot apply a
 # change of the source.
 #
-# The target has a CHECK constraint the source lacks; a source UPDATE that
+# The target gets a CHECK constraint the source lacks after init (before it,
+# zdm.init refuses: target_constraints); a source UPDATE that
 # violates it stops the apply worker, which PostgreSQL restarts every
 # wal_retrieve_retry_interval and which fails again.  Fencing the source
 # then can only end with the timeout (5 minutes by default) while the
@@ -31,9 +32,12 @@ same_schema_on_both($source, $target,
 	'CREATE TABLE acc (id int PRIMARY KEY, v int NOT NULL);');
 $source->safe_psql('app',
 	'INSERT INTO acc SELECT g, g FROM generate_series(1, 10) g');
+# Added once the copy is done, as a DBA might during the migration: before
+# init the target_constraints check would refuse it (a constraint the
+# source lacks).
+init_migration($source, $target);
 $target->safe_psql('app',
 	'ALTER TABLE acc ADD CONSTRAINT small CHECK (v < 1000)');
-init_migration($source, $target);
 
 my $errors_sql = q{
 SELECT coalesce(sum(apply_error_count + sync_error_count), 0)
