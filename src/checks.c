@@ -97,6 +97,7 @@ static void check_same_database(CheckContext *ctx, CheckResult *result);
 static void check_leftovers(CheckContext *ctx, CheckResult *result);
 static void check_publication_privilege(CheckContext *ctx, CheckResult *result);
 static void check_fence_locks(CheckContext *ctx, CheckResult *result);
+static void check_target_locks(CheckContext *ctx, CheckResult *result);
 static void check_truncate_replication(CheckContext *ctx, CheckResult *result);
 static void check_large_objects(CheckContext *ctx, CheckResult *result);
 static void check_long_transactions(CheckContext *ctx, CheckResult *result);
@@ -140,6 +141,7 @@ static const CheckEntry check_list[] =
 	{"target_not_null", check_target_not_null, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
 	{"target_tables_empty", check_target_tables_empty, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
 	{"fence_locks", check_fence_locks, true, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED},
+	{"target_locks", check_target_locks, true, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED},
 	{"unlogged_tables", check_unlogged_tables, false, 0},
 	{"truncate_replication", check_truncate_replication, false, 0},
 	{"large_objects", check_large_objects, false, 0},
@@ -537,6 +539,33 @@ check_fence_locks(CheckContext *ctx, CheckResult *result)
 							  (long long) tables, (long long) per_xact,
 							  (long long) slots, (long long) capacity);
 	result->hint = psprintf("Set max_locks_per_transaction = %lld (or more) on the source and restart it.",
+							(long long) Max(needed, per_xact));
+}
+
+/*
+ * target_locks: CREATE SUBSCRIPTION, in init's transaction here, locks every
+ * table it subscribes; with too small a lock table init fails with "out of
+ * shared memory".  The same half-and-half rule as fence_locks, with this
+ * target's settings.
+ */
+static void
+check_target_locks(CheckContext *ctx, CheckResult *result)
+{
+	int64		per_xact = setting_int("max_locks_per_transaction");
+	int64		slots = setting_int("max_connections") +
+		setting_int("max_prepared_transactions");
+	int64		capacity = per_xact * slots;
+	int64		tables;
+	int64		needed;
+
+	check_read_tables(ctx);
+	tables = list_length(ctx->copied);
+	needed = (2 * tables + slots - 1) / Max(slots, 1);
+	result->ok = 2 * tables <= capacity;
+	result->detail = psprintf("Creating the subscription locks %lld tables in one transaction on this target; its lock table holds max_locks_per_transaction * (max_connections + max_prepared_transactions) = %lld * %lld = %lld locks, and pg_zdm keeps half of them for other sessions.",
+							  (long long) tables, (long long) per_xact,
+							  (long long) slots, (long long) capacity);
+	result->hint = psprintf("Set max_locks_per_transaction = %lld (or more) on this target and restart it.",
 							(long long) Max(needed, per_xact));
 }
 

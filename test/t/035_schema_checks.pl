@@ -4,6 +4,8 @@
 #     fence (max_locks_per_transaction 10, max_connections 10: 100 locks) is
 #     refused with 53400 and the exact setting to use; with that setting the
 #     check passes.
+#   - target_locks: the same with the target's lock table (CREATE
+#     SUBSCRIPTION locks every table in init's transaction).
 #   - a table partitioned only on the target: the checks pass, init copies
 #     the source's rows into the target's partitions and streams new ones,
 #     and target_tables_empty sees rows in a partition.
@@ -64,6 +66,29 @@ $source->restart;
 like(check_row('fence_locks'),
 	qr/^true\|true\|The cutover locks 60 published tables .* = 12 \* 10 = 120 locks/,
 	"fence_locks: 60 tables fit with the hinted $setting");
+
+# --- target_locks: the same lock table, on the target ------------------------
+
+like(check_row('target_locks'), qr/^true\|true\|Creating the subscription locks 60 tables/,
+	'target_locks: 60 tables fit in the target\'s default lock table');
+$target->append_conf('postgresql.conf',
+	"max_connections = 10\nmax_locks_per_transaction = 10\nmax_prepared_transactions = 0\n");
+$target->restart;
+like(check_row('target_locks'),
+	qr/^false\|true\|Creating the subscription locks 60 tables .* = 10 \* 10 = 100 locks.*\|Set max_locks_per_transaction = 12 \(or more\) on this target/,
+	'target_locks: 60 tables against 100 locks here fails, asks for 12');
+($ret, $stdout, $stderr) = psql_verbose($target, 'app', "CALL zdm.init('$dsn');");
+is(sqlstate_of($stderr), '53400', 'target_locks: init refused with 53400');
+like($stderr, qr/check "target_locks" failed/, 'the error names target_locks');
+is(migration_leftovers($target, $source), '', 'target_locks: nothing created');
+($setting) = check_row('target_locks') =~ /Set (max_locks_per_transaction = \d+)/;
+$target->append_conf('postgresql.conf', "$setting\n");
+$target->restart;
+like(check_row('target_locks'), qr/^true\|/,
+	"target_locks: 60 tables fit with the hinted $setting");
+$target->append_conf('postgresql.conf',
+	"max_connections = 100\nmax_locks_per_transaction = 64\n");
+$target->restart;
 
 same_schema_on_both($source, $target, q{
 DO $$ BEGIN FOR i IN 1 .. 60 LOOP
