@@ -88,7 +88,6 @@ static void check_replication_privilege(CheckContext *ctx, CheckResult *result);
 static void check_target_workers(CheckContext *ctx, CheckResult *result);
 static void check_same_database(CheckContext *ctx, CheckResult *result);
 static void check_leftovers(CheckContext *ctx, CheckResult *result);
-static void check_publication_privilege(CheckContext *ctx, CheckResult *result);
 static void check_large_objects(CheckContext *ctx, CheckResult *result);
 static void check_long_transactions(CheckContext *ctx, CheckResult *result);
 static void check_prepared_transactions(CheckContext *ctx, CheckResult *result);
@@ -118,7 +117,14 @@ static const CheckEntry check_list[] =
 	{"target_workers", check_target_workers, true, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED},
 	{"same_database", check_same_database, true, ERRCODE_INVALID_PARAMETER_VALUE},
 	{"leftovers", check_leftovers, true, ERRCODE_DUPLICATE_OBJECT},
+	{"database_privilege", check_database_privilege, true, ERRCODE_INSUFFICIENT_PRIVILEGE},
 	{"publication_privilege", check_publication_privilege, true, ERRCODE_INSUFFICIENT_PRIVILEGE},
+	{"table_privileges", check_table_privileges, true, ERRCODE_INSUFFICIENT_PRIVILEGE},
+	{"function_privileges", check_function_privileges, true, ERRCODE_INSUFFICIENT_PRIVILEGE},
+	{"sequence_privileges", check_sequence_privileges, false, 0},
+	{"signal_privilege", check_signal_privilege, false, 0},
+	{"stats_privilege", check_stats_privilege, false, 0},
+	{"fence_deadlock_timeout", check_fence_deadlock_timeout, false, 0},
 	{"missing_tables", check_missing_tables, true, ERRCODE_UNDEFINED_TABLE},
 	{"replica_identity", check_replica_identity, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
 	{"missing_columns", check_missing_columns, true, ERRCODE_UNDEFINED_COLUMN},
@@ -135,12 +141,15 @@ static const CheckEntry check_list[] =
  * run_checks: every preflight check, as a list of CheckResult.  conn is a
  * live connection to the source.  *published receives the qualified names
  * of the tables to publish (with ignore_missing, only those present on both
- * sides).  A source older than pg_zdm supports gets the server_version row
- * only: the other checks' queries need a release pg_zdm supports.
+ * sides).  *explicit_list says whether the publication must list them rather
+ * than be FOR ALL TABLES (ignore_missing, defer_copy, or a source role that
+ * is not a superuser).  A source older than pg_zdm supports gets the
+ * server_version row only: the other checks' queries need a release pg_zdm
+ * supports.
  */
 List *
 run_checks(PGconn *conn, bool ignore_missing, bool defer_copy,
-		   List **published)
+		   List **published, bool *explicit_list)
 {
 	CheckContext ctx;
 	List	   *results = NIL;
@@ -156,6 +165,7 @@ run_checks(PGconn *conn, bool ignore_missing, bool defer_copy,
 					  Min(atoi(GetConfigOption("max_sync_workers_per_subscription",
 											   false, false)), 1));
 	*published = NIL;
+	*explicit_list = true;
 
 	for (i = 0; i < lengthof(check_list); i++)
 	{
@@ -177,6 +187,7 @@ run_checks(PGconn *conn, bool ignore_missing, bool defer_copy,
 	{
 		check_read_tables(&ctx);
 		*published = ctx.published;
+		*explicit_list = ignore_missing || defer_copy || !check_superuser(&ctx);
 	}
 	return results;
 }
@@ -366,7 +377,8 @@ check_replication_privilege(CheckContext *ctx, CheckResult *result)
 	result->detail = check_superuser(ctx) ? pstrdup("The source role is a superuser.") :
 		replication ? pstrdup("The source role has the REPLICATION attribute.") :
 		pstrdup("The source role has neither REPLICATION nor SUPERUSER.");
-	result->hint = pstrdup("On the source: ALTER ROLE <role> REPLICATION, or connect as another role.");
+	result->hint = psprintf("On the source, as a superuser: ALTER ROLE %s REPLICATION; (on a managed service, its replication role, e.g. GRANT rds_replication TO %s;) or connect as another role.",
+							check_role_name(ctx), check_role_name(ctx));
 }
 
 /*
@@ -431,29 +443,6 @@ check_leftovers(CheckContext *ctx, CheckResult *result)
 	result->detail = found == NIL ? pstrdup("No objects of an earlier migration on the source.") :
 		psprintf("The source already has: %s.", check_summary(found));
 	result->hint = pstrdup("Another migration is using this source, or an earlier one left these behind: run CALL zdm.abort() on its target, or drop them on the source by hand.");
-}
-
-static void
-check_publication_privilege(CheckContext *ctx, CheckResult *result)
-{
-	bool		superuser = check_superuser(ctx);
-
-	check_read_tables(ctx);
-	if (ctx->ignore_missing || ctx->defer_copy)
-	{
-		result->ok = superuser || ctx->all_owned;
-		result->detail = superuser ? pstrdup("The source role is a superuser.") :
-			ctx->all_owned ? pstrdup("The source role owns every table to publish.") :
-			pstrdup("The source role does not own every table to publish.");
-		result->hint = pstrdup("Connect to the source as a superuser or as the owner of the tables.");
-	}
-	else
-	{
-		result->ok = superuser;
-		result->detail = superuser ? pstrdup("The source role is a superuser.") :
-			pstrdup("A publication FOR ALL TABLES needs a superuser on the source.");
-		result->hint = pstrdup("Connect to the source as a superuser, or use ignore_missing => true with a role that owns the tables.");
-	}
 }
 
 static void
