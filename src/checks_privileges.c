@@ -23,7 +23,7 @@
  *				table's ownership; ending open write transactions:
  *				pg_signal_backend for other roles' sessions, and superusers'
  *				sessions never (see fence.c); pg_logical_emit_message; the
- *				sequences: SELECT or USAGE on each; DROP PUBLICATION:
+ *				sequences: SELECT on each; DROP PUBLICATION:
  *				ownership, which init gave it.
  *	status		pg_current_wal_lsn, pg_wal_lsn_diff; catalogs readable by all.
  *	cleanup,	pg_drop_replication_slot (REPLICATION), DROP PUBLICATION
@@ -119,14 +119,20 @@ static const char *function_privileges_sql =
 "  AND NOT has_function_privilege(p.oid, 'EXECUTE') "
 "ORDER BY 1";
 
-/* Sequences whose value the cutover could not read. */
+/*
+ * Sequences whose value the cutover could not read: pg_sequence_last_value
+ * takes SELECT or USAGE, reading a restarted sequence's relation SELECT.
+ * The CASE keeps the planner from asking about relations that are not
+ * sequences (has_sequence_privilege raises an error for them).
+ */
 static const char *sequence_privileges_sql =
 "SELECT n.nspname, c.relname FROM pg_class c "
 "JOIN pg_namespace n ON n.oid = c.relnamespace "
 "WHERE c.relkind = 'S' AND c.relpersistence <> 't' "
 "  AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
 "  AND n.nspname !~ '^pg_' "
-"  AND NOT has_sequence_privilege(c.oid, 'SELECT,USAGE') "
+"  AND CASE WHEN c.relkind = 'S' "
+"      THEN NOT has_sequence_privilege(c.oid, 'SELECT') END "
 "ORDER BY 1, 2";
 
 /*
@@ -406,10 +412,9 @@ check_function_privileges(CheckContext *ctx, CheckResult *result)
 }
 
 /*
- * sequence_privileges: the cutover reads every sequence's value with
- * pg_sequence_last_value, which needs SELECT or USAGE; a sequence it may not
- * read is left alone on the target, which may then hand out values the
- * source already used.
+ * sequence_privileges: the cutover reads every sequence's value (SELECT); a
+ * sequence it may not read is left alone on the target, which may then hand
+ * out values the source already used.
  */
 void
 check_sequence_privileges(CheckContext *ctx, CheckResult *result)

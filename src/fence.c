@@ -209,8 +209,8 @@ terminate_blockers(PGconn *control, int fence_pid)
 				 errdetail("Session %s (user %s, application_name %s, transaction started %s, query started %s) was still in the way after zdm.lock_grace_period%s. %s "
 						   "The cutover gave up: the fence is released, the source is writable and replication goes on.",
 						   spid, user, quote_literal_cstr(app ? app : ""),
-						   xact ? xact : "(not visible to the source role)",
-						   query ? query : "(not visible to the source role)",
+						   xact ? xact : "(hidden: the source role is not in pg_read_all_stats)",
+						   query ? query : "(hidden)",
 						   nstuck > 1 ? psprintf(", with %d more sessions it may not terminate", nstuck - 1) : "",
 						   superuser ?
 						   "Only a superuser may terminate a superuser's session." :
