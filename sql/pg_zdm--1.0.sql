@@ -51,7 +51,8 @@ REVOKE ALL ON zdm.migration, zdm.event_log FROM PUBLIC;
  * ok is false for a failed check; blocking says whether zdm.init refuses
  * because of it (the others are warnings worth reading).  detail names at
  * most 10 objects; objects lists every affected object, each one's quoted
- * name followed, where the fix differs per object, by the statement to run.
+ * name followed, where the fix differs per object, by " (what is wrong): "
+ * and the statement to run.
  */
 CREATE FUNCTION zdm.check(source_dsn text,
                           ignore_missing boolean DEFAULT false,

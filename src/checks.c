@@ -5,7 +5,8 @@
  *		  target?  zdm.check shows them all; zdm.init refuses on the first
  *		  blocking one that fails.  This file holds the list of checks, what
  *		  they share, and the checks of servers, roles and settings; the
- *		  checks of tables and columns are in checks_schema.c.
+ *		  checks of tables and columns are in checks_schema.c, those of the
+ *		  source role's privileges in checks_privileges.c.
  *
  * As in pg_upgrade's check.c, every check is its own function with one
  * signature, called from one list: adding a check is adding one function
@@ -54,7 +55,10 @@ enum
 	FACT_LARGE_OBJECTS,
 	FACT_HAS_PUBLICATION,
 	FACT_HAS_SLOT,
-	FACT_HAS_FENCE
+	FACT_HAS_FENCE,
+	FACT_MAX_LOCKS,
+	FACT_MAX_CONNECTIONS,
+	FACT_MAX_PREPARED
 };
 
 static const char *source_facts_sql =
@@ -76,7 +80,10 @@ static const char *source_facts_sql =
 "       (SELECT count(*) FROM pg_largeobject_metadata), "
 "       EXISTS (SELECT 1 FROM pg_publication WHERE pubname = '" ZDM_PUBLICATION "'), "
 "       EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1), "
-"       EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = '" ZDM_FENCE_SCHEMA "') "
+"       EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = '" ZDM_FENCE_SCHEMA "'), "
+"       current_setting('max_locks_per_transaction')::int, "
+"       current_setting('max_connections')::int, "
+"       current_setting('max_prepared_transactions')::int "
 "FROM pg_roles r WHERE r.rolname = current_user";
 
 static void check_server_version(CheckContext *ctx, CheckResult *result);
@@ -88,6 +95,7 @@ static void check_replication_privilege(CheckContext *ctx, CheckResult *result);
 static void check_target_workers(CheckContext *ctx, CheckResult *result);
 static void check_same_database(CheckContext *ctx, CheckResult *result);
 static void check_leftovers(CheckContext *ctx, CheckResult *result);
+static void check_fence_locks(CheckContext *ctx, CheckResult *result);
 static void check_large_objects(CheckContext *ctx, CheckResult *result);
 static void check_long_transactions(CheckContext *ctx, CheckResult *result);
 static void check_prepared_transactions(CheckContext *ctx, CheckResult *result);
@@ -121,17 +129,26 @@ static const CheckEntry check_list[] =
 	{"publication_privilege", check_publication_privilege, true, ERRCODE_INSUFFICIENT_PRIVILEGE},
 	{"table_privileges", check_table_privileges, true, ERRCODE_INSUFFICIENT_PRIVILEGE},
 	{"function_privileges", check_function_privileges, true, ERRCODE_INSUFFICIENT_PRIVILEGE},
+	{"missing_tables", check_missing_tables, true, ERRCODE_UNDEFINED_TABLE},
+	{"partitions", check_partitions, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
+	{"replica_identity", check_replica_identity, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
+	{"missing_columns", check_missing_columns, true, ERRCODE_UNDEFINED_COLUMN},
+	{"column_types", check_column_types, false, 0},
+	{"generated_columns", check_generated_columns, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
+	{"target_constraints", check_target_constraints, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
+	{"target_keys", check_target_keys, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
+	{"target_not_null", check_target_not_null, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
+	{"target_tables_empty", check_target_tables_empty, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
+	{"fence_locks", check_fence_locks, true, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED},
+	{"unlogged_tables", check_unlogged_tables, false, 0},
+	{"large_objects", check_large_objects, false, 0},
+	{"materialized_views", check_materialized_views, false, 0},
+	{"missing_sequences", check_missing_sequences, false, 0},
+	{"target_triggers", check_target_triggers, false, 0},
 	{"sequence_privileges", check_sequence_privileges, false, 0},
 	{"signal_privilege", check_signal_privilege, false, 0},
 	{"stats_privilege", check_stats_privilege, false, 0},
 	{"fence_deadlock_timeout", check_fence_deadlock_timeout, false, 0},
-	{"missing_tables", check_missing_tables, true, ERRCODE_UNDEFINED_TABLE},
-	{"replica_identity", check_replica_identity, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
-	{"missing_columns", check_missing_columns, true, ERRCODE_UNDEFINED_COLUMN},
-	{"column_types", check_column_types, false, 0},
-	{"target_tables_empty", check_target_tables_empty, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
-	{"unlogged_tables", check_unlogged_tables, false, 0},
-	{"large_objects", check_large_objects, false, 0},
 	{"long_transactions", check_long_transactions, false, 0},
 	{"prepared_transactions", check_prepared_transactions, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
 	{"target_status_interval", check_target_status_interval, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
@@ -260,7 +277,7 @@ check_summary(List *names)
 		n++;
 	}
 	if (list_length(names) > MAX_LISTED)
-		appendStringInfo(&buf, " and %d more",
+		appendStringInfo(&buf, " and %d more (the objects column of zdm.check lists them all)",
 						 list_length(names) - MAX_LISTED);
 	return buf.data;
 }
@@ -445,13 +462,43 @@ check_leftovers(CheckContext *ctx, CheckResult *result)
 	result->hint = pstrdup("Another migration is using this source, or an earlier one left these behind: run CALL zdm.abort() on its target, or drop them on the source by hand.");
 }
 
+/*
+ * fence_locks: the cutover's fence locks every published table in one
+ * transaction on the source.  The source's shared lock table holds about
+ * max_locks_per_transaction * (max_connections + max_prepared_transactions)
+ * locks for all sessions together; the fence may take at most half of it,
+ * so that the application's own sessions keep the other half while the
+ * fence holds its locks.
+ */
+static void
+check_fence_locks(CheckContext *ctx, CheckResult *result)
+{
+	int64		per_xact = atoi(fact(ctx, FACT_MAX_LOCKS));
+	int64		slots = atoi(fact(ctx, FACT_MAX_CONNECTIONS)) +
+		atoi(fact(ctx, FACT_MAX_PREPARED));
+	int64		capacity = per_xact * slots;
+	int64		tables;
+	int64		needed;
+
+	check_read_tables(ctx);
+	tables = list_length(ctx->published);
+	/* smallest setting whose lock table is at least twice the fence */
+	needed = (2 * tables + slots - 1) / Max(slots, 1);
+	result->ok = 2 * tables <= capacity;
+	result->detail = psprintf("The cutover locks %lld published tables in one transaction on the source; its lock table holds max_locks_per_transaction * (max_connections + max_prepared_transactions) = %lld * %lld = %lld locks, and pg_zdm keeps half of them for the application.",
+							  (long long) tables, (long long) per_xact,
+							  (long long) slots, (long long) capacity);
+	result->hint = psprintf("Set max_locks_per_transaction = %lld (or more) on the source and restart it.",
+							(long long) Max(needed, per_xact));
+}
+
 static void
 check_large_objects(CheckContext *ctx, CheckResult *result)
 {
 	result->ok = strcmp(fact(ctx, FACT_LARGE_OBJECTS), "0") == 0;
 	result->detail = psprintf("The source has %s large objects; logical replication does not carry them.",
 							  fact(ctx, FACT_LARGE_OBJECTS));
-	result->hint = pstrdup("Copy large objects separately (pg_dump --large-objects) before the cutover.");
+	result->hint = pstrdup("Copy large objects separately before the cutover, with pg_dump -b (--blobs; PostgreSQL 16 and later also call it --large-objects) and pg_restore; writes to them after that copy are not carried either.");
 }
 
 static void

@@ -3,8 +3,9 @@
  * checks.h
  *		  What the files of the preflight checks share: checks.c (the list
  *		  of checks, the server, role and settings checks), checks_schema.c
- *		  (tables, columns and constraints compared between the two sides)
- *		  and checks_privileges.c (what the source role may do).
+ *		  (tables, partitions, columns, constraints, sequences and triggers
+ *		  compared between the two sides) and checks_privileges.c (what the
+ *		  source role may do).
  *
  * Every check is one function of type CheckFunction and one entry in the
  * list in checks.c.  It reads what it needs through the CheckContext
@@ -29,6 +30,7 @@ typedef struct CheckContext
 	char	   *slot_name;		/* the slot init would create */
 	int			needed;			/* slots, senders, workers: 1, 2 with a copy */
 	RemoteResult *facts;		/* one row of server facts (checks.c) */
+	bool		source_utc;		/* the source session prints in UTC */
 
 	/* the source tables, read by check_read_tables() */
 	bool		tables_read;
@@ -51,6 +53,10 @@ typedef struct CheckContext
 	bool		columns_compared;
 	List	   *missing_columns;	/* source columns missing here */
 	List	   *retyped_columns;	/* columns with another type here */
+	List	   *generated_columns;	/* generated here only, with the fix */
+	List	   *generated_names;	/* the same columns' names */
+	List	   *not_null_columns;	/* NOT NULL here, may be NULL from there */
+	List	   *not_null_names;	/* the same columns' names */
 } CheckContext;
 
 typedef void (*CheckFunction) (CheckContext *ctx, CheckResult *result);
@@ -71,6 +77,14 @@ extern void check_missing_columns(CheckContext *ctx, CheckResult *result);
 extern void check_column_types(CheckContext *ctx, CheckResult *result);
 extern void check_target_tables_empty(CheckContext *ctx, CheckResult *result);
 extern void check_unlogged_tables(CheckContext *ctx, CheckResult *result);
+extern void check_generated_columns(CheckContext *ctx, CheckResult *result);
+extern void check_materialized_views(CheckContext *ctx, CheckResult *result);
+extern void check_partitions(CheckContext *ctx, CheckResult *result);
+extern void check_target_constraints(CheckContext *ctx, CheckResult *result);
+extern void check_target_keys(CheckContext *ctx, CheckResult *result);
+extern void check_target_not_null(CheckContext *ctx, CheckResult *result);
+extern void check_missing_sequences(CheckContext *ctx, CheckResult *result);
+extern void check_target_triggers(CheckContext *ctx, CheckResult *result);
 
 /* checks_privileges.c */
 extern void check_database_privilege(CheckContext *ctx, CheckResult *result);

@@ -293,6 +293,7 @@ check_publication_privilege(CheckContext *ctx, CheckResult *result)
 	List	   *not_owned = NIL;
 	List	   *fixes = NIL;
 	List	   *alters = NIL;
+	List	   *objects = NIL;
 	int			row;
 
 	check_read_tables(ctx);
@@ -311,12 +312,17 @@ check_publication_privilege(CheckContext *ctx, CheckResult *result)
 							  psprintf("GRANT %s TO %s;",
 									   remote_value(acl, row, ACL_OWNER),
 									   check_role_name(ctx)));
+		objects = lappend(objects,
+						  psprintf("%s (owned by %s): GRANT %s TO %s;", name,
+								   remote_value(acl, row, ACL_OWNER),
+								   remote_value(acl, row, ACL_OWNER),
+								   check_role_name(ctx)));
 		alters = lappend(alters, psprintf("ALTER TABLE %s OWNER TO %s;",
 										  name, check_role_name(ctx)));
 	}
 
 	result->ok = not_owned == NIL;
-	result->objects = not_owned;
+	result->objects = objects;
 	if (superuser)
 		result->detail = ctx->explicit_list ?
 			psprintf("The source role is a superuser; zdm.init will publish a list of %d tables.",
@@ -347,6 +353,7 @@ check_table_privileges(CheckContext *ctx, CheckResult *result)
 	RemoteResult *acl = table_acl(ctx);
 	List	   *lacking = NIL;
 	List	   *grants = NIL;
+	List	   *objects = NIL;
 	int			row;
 
 	check_read_tables(ctx);
@@ -368,13 +375,15 @@ check_table_privileges(CheckContext *ctx, CheckResult *result)
 			appendStringInfo(&privs, "%sUPDATE", privs.len > 0 ? ", " : "");
 		if (!trigger)
 			appendStringInfo(&privs, "%sTRIGGER", privs.len > 0 ? ", " : "");
-		lacking = lappend(lacking, psprintf("%s (%s)", name, privs.data));
+		lacking = lappend(lacking, name);
 		grants = lappend(grants, psprintf("GRANT %s ON TABLE %s TO %s;",
 										  privs.data, name, check_role_name(ctx)));
+		objects = lappend(objects, psprintf("%s (lacks %s): %s", name, privs.data,
+											(char *) llast(grants)));
 	}
 
 	result->ok = lacking == NIL;
-	result->objects = lacking;
+	result->objects = objects;
 	result->detail = result->ok ?
 		pstrdup("The source role may read, lock and add triggers to every table to publish.") :
 		psprintf("The source role lacks privileges on %d of the tables to publish: %s. The initial copy needs SELECT; the cutover's fence needs UPDATE, DELETE or TRUNCATE (LOCK TABLE ... IN EXCLUSIVE MODE) and TRIGGER.",
@@ -393,6 +402,7 @@ check_function_privileges(CheckContext *ctx, CheckResult *result)
 									 "reading the function privileges of the source role");
 	List	   *denied = NIL;
 	List	   *grants = NIL;
+	List	   *objects = NIL;
 	int			row;
 
 	for (row = 0; row < res->ntuples; row++)
@@ -401,9 +411,12 @@ check_function_privileges(CheckContext *ctx, CheckResult *result)
 		grants = lappend(grants, psprintf("GRANT EXECUTE ON FUNCTION pg_catalog.%s TO %s;",
 										  remote_value(res, row, 0),
 										  check_role_name(ctx)));
+		objects = lappend(objects, psprintf("pg_catalog.%s (no EXECUTE): %s",
+											remote_value(res, row, 0),
+											(char *) llast(grants)));
 	}
 	result->ok = denied == NIL;
-	result->objects = denied;
+	result->objects = objects;
 	result->detail = result->ok ?
 		pstrdup("The source role may execute every function pg_zdm calls on the source.") :
 		psprintf("The source role may not execute functions pg_zdm calls on the source: %s (slot creation and removal, the cutover's final position, ending blocking sessions, status).",
@@ -423,6 +436,7 @@ check_sequence_privileges(CheckContext *ctx, CheckResult *result)
 									 "reading the sequence privileges of the source role");
 	List	   *unreadable = NIL;
 	List	   *grants = NIL;
+	List	   *objects = NIL;
 	int			row;
 
 	for (row = 0; row < res->ntuples; row++)
@@ -433,9 +447,11 @@ check_sequence_privileges(CheckContext *ctx, CheckResult *result)
 		unreadable = lappend(unreadable, name);
 		grants = lappend(grants, psprintf("GRANT SELECT ON SEQUENCE %s TO %s;",
 										  name, check_role_name(ctx)));
+		objects = lappend(objects, psprintf("%s (not readable): %s", name,
+											(char *) llast(grants)));
 	}
 	result->ok = unreadable == NIL;
-	result->objects = unreadable;
+	result->objects = objects;
 	result->detail = result->ok ?
 		pstrdup("The source role may read every sequence; the cutover moves them all ahead on the target.") :
 		psprintf("The source role may not read %d sequences: %s. The cutover leaves them unchanged on the target, which may then hand out values the source already used.",
