@@ -718,8 +718,8 @@ check_unlogged_tables(CheckContext *ctx, CheckResult *result)
 }
 
 /*
- * Stored generated columns of the source (12 and later): not replicated;
- * the target must compute them itself.
+ * Generated columns of the source (stored from 12, virtual from 18): not
+ * replicated; the target must compute them itself.
  */
 static const char *source_generated_sql =
 "SELECT n.nspname, c.relname, a.attname, "
@@ -730,7 +730,7 @@ static const char *source_generated_sql =
 "WHERE c.relkind = 'r' AND c.relpersistence = 'p' "
 "  AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
 "  AND n.nspname !~ '^pg_' "
-"  AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = 's' "
+"  AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> '' "
 "ORDER BY 1, 2, a.attnum";
 
 /*
@@ -1028,7 +1028,9 @@ static const char *source_constraints_sql =
  */
 static const char *target_constraints_sql =
 "WITH RECURSIVE "
-"src AS (SELECT * FROM unnest($3, $4, $5, $6, $7) AS x(kind, nsp, name, def, validated)), "
+"src AS (SELECT kind, nsp, name, def, pg_catalog.bool_or(validated) AS validated "
+"  FROM unnest($3, $4, $5, $6, $7) AS x(kind, nsp, name, def, validated) "
+"  GROUP BY 1, 2, 3, 4), "
 "tabs AS (SELECT s.nsp, s.rel, c.oid FROM unnest($1, $2) AS s(nsp, rel) "
 "  JOIN pg_catalog.pg_namespace n ON n.nspname = s.nsp "
 "  JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = s.rel "
@@ -1048,9 +1050,8 @@ static const char *target_constraints_sql =
 "  AND k.contype::pg_catalog.text = ANY (pg_catalog.string_to_array($8, ',')) "
 "CROSS JOIN LATERAL (SELECT pg_catalog.regexp_replace("
 "    pg_catalog.pg_get_constraintdef(k.oid), ' NOT VALID$', '')) AS def(def) "
-"LEFT JOIN LATERAL (SELECT pg_catalog.bool_or(src.validated) FROM src "
-"    WHERE src.kind = 't' AND src.nsp = r.nsp AND src.name = r.rel "
-"      AND src.def = def.def) AS v(validated) ON true "
+"LEFT JOIN src v ON v.kind = 't' AND v.nsp = r.nsp AND v.name = r.rel "
+"  AND v.def = def.def "
 "WHERE (r.top OR k.conislocal) AND v.validated IS DISTINCT FROM true "
 "UNION ALL "
 "SELECT 'd', pg_catalog.quote_ident(tn.nspname) || '.' || pg_catalog.quote_ident(t.typname), "
@@ -1061,9 +1062,8 @@ static const char *target_constraints_sql =
 "  AND k.contype::pg_catalog.text = ANY (pg_catalog.string_to_array($8, ',')) "
 "CROSS JOIN LATERAL (SELECT pg_catalog.regexp_replace("
 "    pg_catalog.pg_get_constraintdef(k.oid), ' NOT VALID$', '')) AS def(def) "
-"LEFT JOIN LATERAL (SELECT pg_catalog.bool_or(src.validated) FROM src "
-"    WHERE src.kind = 'd' AND src.nsp = tn.nspname AND src.name = t.typname "
-"      AND src.def = def.def) AS v(validated) ON true "
+"LEFT JOIN src v ON v.kind = 'd' AND v.nsp = tn.nspname AND v.name = t.typname "
+"  AND v.def = def.def "
 "WHERE v.validated IS DISTINCT FROM true "
 "ORDER BY 1 DESC, 2, 3, 4";
 
