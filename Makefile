@@ -4,6 +4,7 @@ MODULE_big = pg_zdm
 OBJS = \
 	src/abort.o \
 	src/checks.o \
+	src/checks_privileges.o \
 	src/checks_schema.o \
 	src/cutover.o \
 	src/dsn.o \

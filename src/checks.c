@@ -5,7 +5,8 @@
  *		  target?  zdm.check shows them all; zdm.init refuses on the first
  *		  blocking one that fails.  This file holds the list of checks, what
  *		  they share, and the checks of servers, roles and settings; the
- *		  checks of tables and columns are in checks_schema.c.
+ *		  checks of tables and columns are in checks_schema.c, those of the
+ *		  source role's privileges in checks_privileges.c.
  *
  * As in pg_upgrade's check.c, every check is its own function with one
  * signature, called from one list: adding a check is adding one function
@@ -95,7 +96,6 @@ static void check_target_workers(CheckContext *ctx, CheckResult *result);
 static void check_replication_origins(CheckContext *ctx, CheckResult *result);
 static void check_same_database(CheckContext *ctx, CheckResult *result);
 static void check_leftovers(CheckContext *ctx, CheckResult *result);
-static void check_publication_privilege(CheckContext *ctx, CheckResult *result);
 static void check_fence_locks(CheckContext *ctx, CheckResult *result);
 static void check_target_locks(CheckContext *ctx, CheckResult *result);
 static void check_truncate_replication(CheckContext *ctx, CheckResult *result);
@@ -129,7 +129,10 @@ static const CheckEntry check_list[] =
 	{"replication_origins", check_replication_origins, true, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED},
 	{"same_database", check_same_database, true, ERRCODE_INVALID_PARAMETER_VALUE},
 	{"leftovers", check_leftovers, true, ERRCODE_DUPLICATE_OBJECT},
+	{"database_privilege", check_database_privilege, true, ERRCODE_INSUFFICIENT_PRIVILEGE},
 	{"publication_privilege", check_publication_privilege, true, ERRCODE_INSUFFICIENT_PRIVILEGE},
+	{"table_privileges", check_table_privileges, true, ERRCODE_INSUFFICIENT_PRIVILEGE},
+	{"function_privileges", check_function_privileges, true, ERRCODE_INSUFFICIENT_PRIVILEGE},
 	{"missing_tables", check_missing_tables, true, ERRCODE_UNDEFINED_TABLE},
 	{"partitions", check_partitions, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
 	{"replica_identity", check_replica_identity, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
@@ -148,6 +151,10 @@ static const CheckEntry check_list[] =
 	{"materialized_views", check_materialized_views, false, 0},
 	{"missing_sequences", check_missing_sequences, false, 0},
 	{"target_triggers", check_target_triggers, false, 0},
+	{"sequence_privileges", check_sequence_privileges, false, 0},
+	{"signal_privilege", check_signal_privilege, false, 0},
+	{"stats_privilege", check_stats_privilege, false, 0},
+	{"fence_deadlock_timeout", check_fence_deadlock_timeout, false, 0},
 	{"long_transactions", check_long_transactions, false, 0},
 	{"prepared_transactions", check_prepared_transactions, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
 	{"target_status_interval", check_target_status_interval, true, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
@@ -157,12 +164,15 @@ static const CheckEntry check_list[] =
  * run_checks: every preflight check, as a list of CheckResult.  conn is a
  * live connection to the source.  *published receives the qualified names
  * of the tables to publish (with ignore_missing, only those present on both
- * sides).  A source older than pg_zdm supports gets the server_version row
- * only: the other checks' queries need a release pg_zdm supports.
+ * sides).  *explicit_list says whether the publication must list them rather
+ * than be FOR ALL TABLES (ignore_missing, defer_copy, or a source role that
+ * is not a superuser).  A source older than pg_zdm supports gets the
+ * server_version row only: the other checks' queries need a release pg_zdm
+ * supports.
  */
 List *
 run_checks(PGconn *conn, bool ignore_missing, bool defer_copy,
-		   List **published)
+		   List **published, bool *explicit_list)
 {
 	CheckContext ctx;
 	List	   *results = NIL;
@@ -178,6 +188,7 @@ run_checks(PGconn *conn, bool ignore_missing, bool defer_copy,
 					  Min(atoi(GetConfigOption("max_sync_workers_per_subscription",
 											   false, false)), 1));
 	*published = NIL;
+	*explicit_list = true;
 
 	for (i = 0; i < lengthof(check_list); i++)
 	{
@@ -200,6 +211,7 @@ run_checks(PGconn *conn, bool ignore_missing, bool defer_copy,
 	{
 		check_read_tables(&ctx);
 		*published = ctx.published;
+		*explicit_list = ignore_missing || defer_copy || !check_superuser(&ctx);
 	}
 	return results;
 }
@@ -389,7 +401,8 @@ check_replication_privilege(CheckContext *ctx, CheckResult *result)
 	result->detail = check_superuser(ctx) ? pstrdup("The source role is a superuser.") :
 		replication ? pstrdup("The source role has the REPLICATION attribute.") :
 		pstrdup("The source role has neither REPLICATION nor SUPERUSER.");
-	result->hint = pstrdup("On the source: ALTER ROLE <role> REPLICATION, or connect as another role.");
+	result->hint = psprintf("On the source, as a superuser: ALTER ROLE %s REPLICATION; (on a managed service, its replication role, e.g. GRANT rds_replication TO %s;) or connect as another role.",
+							check_role_name(ctx), check_role_name(ctx));
 }
 
 /*
@@ -487,29 +500,6 @@ check_leftovers(CheckContext *ctx, CheckResult *result)
 	result->detail = found == NIL ? pstrdup("No objects of an earlier migration on the source.") :
 		psprintf("The source already has: %s.", check_summary(found));
 	result->hint = pstrdup("Another migration is using this source, or an earlier one left these behind: run CALL zdm.abort() on its target, or drop them on the source by hand.");
-}
-
-static void
-check_publication_privilege(CheckContext *ctx, CheckResult *result)
-{
-	bool		superuser = check_superuser(ctx);
-
-	check_read_tables(ctx);
-	if (ctx->ignore_missing || ctx->defer_copy)
-	{
-		result->ok = superuser || ctx->all_owned;
-		result->detail = superuser ? pstrdup("The source role is a superuser.") :
-			ctx->all_owned ? pstrdup("The source role owns every table to publish.") :
-			pstrdup("The source role does not own every table to publish.");
-		result->hint = pstrdup("Connect to the source as a superuser or as the owner of the tables.");
-	}
-	else
-	{
-		result->ok = superuser;
-		result->detail = superuser ? pstrdup("The source role is a superuser.") :
-			pstrdup("A publication FOR ALL TABLES needs a superuser on the source.");
-		result->hint = pstrdup("Connect to the source as a superuser, or use ignore_missing => true with a role that owns the tables.");
-	}
 }
 
 /*

@@ -2,9 +2,10 @@
  *
  * checks.h
  *		  What the files of the preflight checks share: checks.c (the list
- *		  of checks, the server, role and settings checks) and checks_schema.c
+ *		  of checks, the server, role and settings checks), checks_schema.c
  *		  (tables, partitions, columns, constraints, sequences and triggers
- *		  compared between the two sides).
+ *		  compared between the two sides) and checks_privileges.c (what the
+ *		  source role may do).
  *
  * Every check is one function of type CheckFunction and one entry in the
  * list in checks.c.  It reads what it needs through the CheckContext
@@ -42,6 +43,11 @@ typedef struct CheckContext
 	List	   *copied_nsp;		/* the same, schema and name apart */
 	List	   *copied_rel;
 	bool		all_owned;		/* the source role owns every published table */
+	bool		explicit_list;	/* publish a list of tables, not FOR ALL TABLES */
+
+	/* the source role and its privileges, read once in checks_privileges.c */
+	RemoteResult *role;			/* one row: see checks_privileges.c */
+	RemoteResult *table_acl;	/* tables it lacks a privilege on */
 
 	/* the columns compared, by check_compare_columns() */
 	bool		columns_compared;
@@ -57,6 +63,7 @@ typedef void (*CheckFunction) (CheckContext *ctx, CheckResult *result);
 
 /* checks.c */
 extern bool check_superuser(CheckContext *ctx);
+extern const char *check_role_name(CheckContext *ctx);
 extern char *check_summary(List *names);
 extern Datum check_text_array(List *items);
 extern Datum check_int4_array(List *items);
@@ -78,5 +85,15 @@ extern void check_target_keys(CheckContext *ctx, CheckResult *result);
 extern void check_target_not_null(CheckContext *ctx, CheckResult *result);
 extern void check_missing_sequences(CheckContext *ctx, CheckResult *result);
 extern void check_target_triggers(CheckContext *ctx, CheckResult *result);
+
+/* checks_privileges.c */
+extern void check_database_privilege(CheckContext *ctx, CheckResult *result);
+extern void check_publication_privilege(CheckContext *ctx, CheckResult *result);
+extern void check_table_privileges(CheckContext *ctx, CheckResult *result);
+extern void check_function_privileges(CheckContext *ctx, CheckResult *result);
+extern void check_sequence_privileges(CheckContext *ctx, CheckResult *result);
+extern void check_signal_privilege(CheckContext *ctx, CheckResult *result);
+extern void check_stats_privilege(CheckContext *ctx, CheckResult *result);
+extern void check_fence_deadlock_timeout(CheckContext *ctx, CheckResult *result);
 
 #endif							/* PG_ZDM_CHECKS_H */

@@ -14,7 +14,11 @@
  * session, whatever default_transaction_read_only says; plain SELECT still
  * runs.  Writers that come later queue behind the fence.  Transactions that
  * already hold a conflicting lock are given zdm.lock_grace_period to end,
- * then terminated (they were never acknowledged, so nothing is lost).
+ * then terminated (they were never acknowledged, so nothing is lost).  When
+ * only sessions the source role may not terminate are left in the way (a
+ * superuser's, or another role's without pg_signal_backend), the fence
+ * gives up at once with an error naming the session: the source is
+ * writable again, and the cutover can be retried once that session is gone.
  *
  * LOCK TABLE takes its tables one at a time, so a transaction that wrote to
  * one of them and then waits for another we already hold deadlocks with the
@@ -149,8 +153,54 @@ join_names(List *names)
 }
 
 /*
+ * The sessions that keep the fence from being granted, whether the source
+ * role may terminate each, and the termination of those it may.  The rules
+ * are pg_signal_backend()'s (10 to 18): a superuser may end any session; no
+ * one else a superuser's; a role those of roles whose privileges it has, and
+ * any other with pg_signal_backend.  Sessions without a role (autovacuum;
+ * PostgreSQL cancels it for a waiting lock itself) are left alone unless the
+ * role is a superuser.  Deciding before calling pg_terminate_backend keeps
+ * one unterminable session from failing the whole statement.
+ */
+static const char *blockers_sql =
+"SELECT b.pid, a.usename, a.application_name, a.xact_start, a.query_start, "
+"       CASE WHEN m.may THEN pg_terminate_backend(b.pid) END, m.may, "
+"       (SELECT rolsuper FROM pg_roles WHERE oid = a.usesysid), "
+"       quote_ident(current_user) "
+"FROM unnest(pg_blocking_pids($1::int)) AS b(pid) "
+"LEFT JOIN pg_stat_activity a ON a.pid = b.pid "
+"CROSS JOIN LATERAL (SELECT CASE "
+"    WHEN (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN true "
+"    WHEN a.usesysid IS NULL THEN NULL "
+"    WHEN (SELECT rolsuper FROM pg_roles WHERE oid = a.usesysid) THEN false "
+"    ELSE pg_has_role(a.usesysid, 'USAGE') "
+"         OR pg_has_role('pg_signal_backend', 'USAGE') END AS may) m "
+"WHERE b.pid <> 0 "
+"ORDER BY a.xact_start NULLS LAST, b.pid";
+
+/* Columns of blockers_sql. */
+enum
+{
+	BLOCKER_PID,
+	BLOCKER_USER,
+	BLOCKER_APPLICATION,
+	BLOCKER_XACT_START,
+	BLOCKER_QUERY_START,
+	BLOCKER_TERMINATED,
+	BLOCKER_MAY,
+	BLOCKER_SUPERUSER,
+	BLOCKER_SOURCE_ROLE
+};
+
+/*
  * Terminate the source sessions that keep the fence from being granted.
- * Returns how many were terminated.
+ * Returns how many were terminated.  When only sessions that the source
+ * role may not terminate stand in the way -- a superuser's, or another
+ * role's without pg_signal_backend -- waiting longer is pointless: throw,
+ * naming the first of them (the caller's error cleanup releases the fence,
+ * and the source is writable again).  A session it may not terminate that
+ * is only queued behind one it terminates gets its lock and finishes, so
+ * the fence gives up only once nothing it can end is left.
  */
 static int
 terminate_blockers(PGconn *control, int fence_pid)
@@ -158,13 +208,67 @@ terminate_blockers(PGconn *control, int fence_pid)
 	char		pid[16];
 	const char *params[1] = {pid};
 	RemoteResult *res;
+	int			terminated = 0;
+	bool		progress = false;
+	int			stuck = -1;
+	int			nstuck = 0;
+	int			row;
 
 	snprintf(pid, sizeof(pid), "%d", fence_pid);
-	res = remote_query(control,
-					   "SELECT count(pg_terminate_backend(b)) "
-					   "FROM unnest(pg_blocking_pids($1::int)) AS b WHERE b <> 0",
-					   1, params, "ending transactions that block the fence");
-	return atoi(remote_value(res, 0, 0));
+	res = remote_query(control, blockers_sql, 1, params,
+					   "ending transactions that block the fence");
+	for (row = 0; row < res->ntuples; row++)
+	{
+		const char *may = remote_value(res, row, BLOCKER_MAY);
+		const char *done = remote_value(res, row, BLOCKER_TERMINATED);
+
+		if (may == NULL)
+			continue;			/* no role: not ours to end, not a reason to stop */
+		if (strcmp(may, "f") == 0)
+		{
+			if (stuck < 0)
+				stuck = row;
+			nstuck++;
+			continue;
+		}
+		/* false: it had already gone, which is progress all the same */
+		progress = true;
+		if (done != NULL && strcmp(done, "t") == 0)
+			terminated++;
+	}
+
+	if (stuck >= 0 && !progress)
+	{
+		const char *spid = remote_value(res, stuck, BLOCKER_PID);
+		const char *user = remote_value(res, stuck, BLOCKER_USER);
+		const char *app = remote_value(res, stuck, BLOCKER_APPLICATION);
+		const char *xact = remote_value(res, stuck, BLOCKER_XACT_START);
+		const char *query = remote_value(res, stuck, BLOCKER_QUERY_START);
+		const char *super = remote_value(res, stuck, BLOCKER_SUPERUSER);
+		bool		superuser = super != NULL && strcmp(super, "t") == 0;
+		const char *role = remote_value(res, stuck, BLOCKER_SOURCE_ROLE);
+
+		user = quote_identifier(user ? user : "?");
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("could not fence writes: source session %s of %s %s holds a lock on a published table and role %s may not terminate it",
+						spid, superuser ? "superuser" : "role", user, role),
+				 errdetail("Session %s (user %s, application_name %s, transaction started %s, query started %s) was still in the way after zdm.lock_grace_period%s. %s "
+						   "The cutover gave up: the fence is released, the source is writable and replication goes on.",
+						   spid, user, quote_literal_cstr(app ? app : ""),
+						   xact ? xact : "(hidden: the source role is not in pg_read_all_stats)",
+						   query ? query : "(hidden)",
+						   nstuck > 1 ? psprintf(", with %d more sessions it may not terminate", nstuck - 1) : "",
+						   superuser ?
+						   "Only a superuser may terminate a superuser's session." :
+						   "Terminating another role's session needs membership in pg_signal_backend."),
+				 superuser ?
+				 errhint("End that transaction (a superuser can run SELECT pg_terminate_backend(%s); on the source), or keep superusers from writing to the published tables during the cutover, then run CALL zdm.cutover() again.",
+						 spid) :
+				 errhint("On the source, GRANT pg_signal_backend TO %s; lets the fence end such sessions; or end that transaction (SELECT pg_terminate_backend(%s); on the source), then run CALL zdm.cutover() again.",
+						 role, spid)));
+	}
+	return terminated;
 }
 
 /*

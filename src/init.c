@@ -81,6 +81,7 @@ zdm_check(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	List	   *checks = NIL;
 	List	   *published;
+	bool		explicit_list;
 	char	   *reason = NULL;
 	PGconn	   *conn;
 	ListCell   *lc;
@@ -102,7 +103,8 @@ zdm_check(PG_FUNCTION_ARGS)
 	if (conn != NULL)
 	{
 		checks = list_concat(checks, run_checks(conn, ignore_missing,
-												defer_copy, &published));
+												defer_copy, &published,
+												&explicit_list));
 		remote_disconnect(conn);
 	}
 
@@ -185,7 +187,9 @@ init_cleanup(int code, Datum arg)
  * CREATE PUBLICATION zdm_pub for all tables, or for a list of tables: those
  * present on both sides with ignore_missing, all of them with defer_copy
  * (starting the copy later means dropping the tables from the publication
- * and adding them again, which FOR ALL TABLES does not allow).
+ * and adding them again, which FOR ALL TABLES does not allow) or when the
+ * source role is not a superuser (FOR ALL TABLES needs one; a list needs
+ * the tables' owner, which the publication_privilege check made sure of).
  */
 static void
 create_publication(PGconn *conn, bool explicit_list, List *published)
@@ -267,11 +271,11 @@ refuse_existing_migration(void)
  */
 static void
 create_migration(PGconn *conn, InitProgress *progress, bool ignore_missing,
-				 bool defer_copy, List *published)
+				 bool defer_copy, List *published, bool explicit_list)
 {
 	const char *params[1] = {progress->slot_name};
 
-	create_publication(conn, ignore_missing || defer_copy, published);
+	create_publication(conn, explicit_list, published);
 	progress->publication_created = true;
 
 	/* No transaction id of ours may be open while the source creates slots. */
@@ -291,6 +295,7 @@ create_migration(PGconn *conn, InitProgress *progress, bool ignore_missing,
 	event_log("init", "source %s, publication %s, slot %s, %s%s",
 			  dsn_mask(progress->dsn), ZDM_PUBLICATION, progress->slot_name,
 			  ignore_missing ? psprintf("%d tables present on the target", list_length(published)) :
+			  explicit_list ? psprintf("a list of %d tables", list_length(published)) :
 			  "all tables",
 			  defer_copy ? ", initial copy deferred" : ", initial copy started");
 }
@@ -302,11 +307,13 @@ create_migration(PGconn *conn, InitProgress *progress, bool ignore_missing,
  */
 static void
 create_migration_or_undo(PGconn *conn, InitProgress *progress,
-						 bool ignore_missing, bool defer_copy, List *published)
+						 bool ignore_missing, bool defer_copy, List *published,
+						 bool explicit_list)
 {
 	PG_ENSURE_ERROR_CLEANUP(init_cleanup, PointerGetDatum(progress));
 	{
-		create_migration(conn, progress, ignore_missing, defer_copy, published);
+		create_migration(conn, progress, ignore_missing, defer_copy, published,
+						 explicit_list);
 	}
 	PG_END_ENSURE_ERROR_CLEANUP(init_cleanup, PointerGetDatum(progress));
 }
@@ -323,6 +330,7 @@ zdm_init(PG_FUNCTION_ARGS)
 	InitProgress progress;
 	List	   *checks;
 	List	   *published = NIL;
+	bool		explicit_list = true;
 	PGconn	   *conn;
 
 	require_nonatomic(fcinfo, "zdm.init",
@@ -343,11 +351,12 @@ zdm_init(PG_FUNCTION_ARGS)
 		refuse_existing_migration();
 
 		conn = remote_connect(dsn, "to check it");
-		checks = run_checks(conn, ignore_missing, defer_copy, &published);
+		checks = run_checks(conn, ignore_missing, defer_copy, &published,
+							&explicit_list);
 		refuse_on_failed_checks(checks);
 
 		create_migration_or_undo(conn, &progress, ignore_missing, defer_copy,
-								 published);
+								 published, explicit_list);
 
 		remote_disconnect(conn);
 		SPI_finish();

@@ -6,8 +6,9 @@
  * pg_zdm runs on the target database and reaches the source with libpq.
  * The files split by responsibility: dsn.c (connection strings and keeping
  * the password out of every message), remote.c (interruptible libpq),
- * state.c (the migration row and the event log), checks.c and
- * checks_schema.c (the preflight checks, sharing checks.h), init.c,
+ * state.c (the migration row and the event log), checks.c,
+ * checks_schema.c and checks_privileges.c (the preflight checks, sharing
+ * checks.h), init.c,
  * status.c, abort.c, subscription.c (the local subscription), source.c
  * (removing the migration's objects from the source), cutover.c
  * (the caller side of zdm.cutover), worker.c (the background worker that
@@ -61,6 +62,7 @@ typedef struct SourceFeatures
 	bool		slot_wal_status;	/* 13: pg_replication_slots.wal_status */
 	bool		connection_check;	/* 14: client_connection_check_interval */
 	bool		terminate_waits;	/* 14: pg_terminate_backend(pid, timeout) */
+	bool		maintain_privilege; /* 17: MAINTAIN lets LOCK TABLE take any mode */
 } SourceFeatures;
 
 extern void source_features(PGconn *conn, SourceFeatures *features);
@@ -143,7 +145,7 @@ typedef struct CheckResult
 } CheckResult;
 
 extern List *run_checks(PGconn *conn, bool ignore_missing, bool defer_copy,
-					   List **published);
+					   List **published, bool *explicit_list);
 
 /* subscription.c */
 extern void subscription_create(const char *conninfo, const char *slot_name,

@@ -14,6 +14,7 @@
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "lib/stringinfo.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -61,13 +62,33 @@ pretty_bytes(int64 bytes)
 }
 
 /*
- * The source's view: its current WAL position and what the slot holds, and
- * the published tables into *published.  Returns the source's current LSN
- * (NULL when unknown).
+ * Source tables that a publication listing its tables leaves out (created
+ * after init, when the source role could not publish FOR ALL TABLES).
+ * pg_publication_rel holds the listed tables, one indexed lookup each.
+ */
+static const char *unpublished_sql =
+"SELECT n.nspname, c.relname FROM pg_class c "
+"JOIN pg_namespace n ON n.oid = c.relnamespace "
+"WHERE c.relkind = 'r' AND c.relpersistence = 'p' "
+"  AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+"  AND n.nspname !~ '^pg_' "
+"  AND EXISTS (SELECT 1 FROM pg_publication p "
+"              WHERE p.pubname = '" ZDM_PUBLICATION "' AND NOT p.puballtables) "
+"  AND NOT EXISTS (SELECT 1 FROM pg_publication_rel r "
+"                  JOIN pg_publication p ON p.oid = r.prpubid "
+"                  WHERE p.pubname = '" ZDM_PUBLICATION "' AND r.prrelid = c.oid) "
+"ORDER BY 1, 2";
+
+/*
+ * The source's view: its current WAL position and what the slot holds, the
+ * published tables into *published, and into *unpublished the source tables
+ * the publication leaves out when it lists its tables (unless
+ * ignore_missing left them out on purpose).  Returns the source's current
+ * LSN (NULL when unknown).
  */
 static char *
 source_rows(StatusRows *rows, const MigrationState *state, bool *slot_ok,
-			int64 *slot_lag, List **published)
+			int64 *slot_lag, List **published, List **unpublished)
 {
 	const char *params[1] = {state->slot_name};
 	char	   *reason = NULL;
@@ -86,6 +107,18 @@ source_rows(StatusRows *rows, const MigrationState *state, bool *slot_ok,
 		return NULL;
 
 	*published = fence_published_tables(conn);
+	*unpublished = NIL;
+	if (!state->ignore_missing)
+	{
+		RemoteResult *left_out = remote_query(conn, unpublished_sql, 0, NULL,
+											  "listing the unpublished tables");
+		int			row;
+
+		for (row = 0; row < left_out->ntuples; row++)
+			*unpublished = lappend(*unpublished,
+								   (char *) quote_qualified_identifier(remote_value(left_out, row, 0),
+																	   remote_value(left_out, row, 1)));
+	}
 	source_features(conn, &features);
 	res = remote_query(conn,
 					   psprintf("SELECT pg_current_wal_lsn(), s.active, %s, "
@@ -256,6 +289,7 @@ zdm_status(PG_FUNCTION_ARGS)
 	bool		ready;
 	char	   *source_lsn;
 	List	   *published;
+	List	   *unpublished = NIL;
 
 	InitMaterializedSRF(fcinfo, 0);
 	rows.rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
@@ -289,7 +323,8 @@ zdm_status(PG_FUNCTION_ARGS)
 				"cutover interrupted (the target restarted or the worker died); the source unlocked itself: run CALL zdm.cutover() again",
 				-1, false);
 
-	source_lsn = source_rows(&rows, &state, &slot_ok, &slot_lag, &published);
+	source_lsn = source_rows(&rows, &state, &slot_ok, &slot_lag, &published,
+							 &unpublished);
 	target_rows(&rows, source_lsn, &ready);
 	if (source_lsn != NULL)
 	{
@@ -297,11 +332,29 @@ zdm_status(PG_FUNCTION_ARGS)
 														   published,
 														   CurrentMemoryContext);
 
-		put_row(&rows, "copy", "tables_match",
-				mismatch ? psprintf("publication and subscription differ: %s; run ALTER SUBSCRIPTION %s REFRESH PUBLICATION",
-									mismatch, ZDM_SUBSCRIPTION) :
-				"the subscription covers every published table",
-				-1, mismatch == NULL);
+		if (unpublished != NIL)
+		{
+			StringInfoData names;
+			ListCell   *lc;
+
+			initStringInfo(&names);
+			foreach(lc, unpublished)
+				appendStringInfo(&names, "%s%s", names.len > 0 ? ", " : "",
+								 (char *) lfirst(lc));
+			put_row(&rows, "copy", "tables_match",
+					psprintf("tables on the source that publication %s does not list (it lists its tables: the source role is not a superuser, or defer_copy): %s; on the source run ALTER PUBLICATION %s ADD TABLE %s; then here ALTER SUBSCRIPTION %s REFRESH PUBLICATION%s",
+							 ZDM_PUBLICATION, names.data, ZDM_PUBLICATION,
+							 names.data, ZDM_SUBSCRIPTION,
+							 mismatch ? psprintf("; publication and subscription also differ: %s", mismatch) : ""),
+					-1, false);
+			mismatch = mismatch ? mismatch : names.data;
+		}
+		else
+			put_row(&rows, "copy", "tables_match",
+					mismatch ? psprintf("publication and subscription differ: %s; run ALTER SUBSCRIPTION %s REFRESH PUBLICATION",
+										mismatch, ZDM_SUBSCRIPTION) :
+					"the subscription covers every published table",
+					-1, mismatch == NULL);
 		ready = ready && mismatch == NULL;
 	}
 

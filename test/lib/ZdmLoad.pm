@@ -50,18 +50,22 @@ my %live_pids;
 
 # --- The test's side --------------------------------------------------------
 
-# ZdmLoad->new(node, dbname, tables => [names], dir => directory): a set of
+# ZdmLoad->new(node, dbname, tables => [names], dir => directory,
+# user => role): a set of
 # writers on database dbname of node, writing to the given tables (names
 # without spaces, as they appear in the records; each table needs integer
 # columns client and seq, and should have UNIQUE (client, seq)).  Their
-# output files go to dir (a fresh temporary directory by default).
+# output files go to dir (a fresh temporary directory by default).  They
+# connect as role user (default: the test's superuser).
 sub new
 {
 	my ($class, $node, $dbname, %opts) = @_;
 	my $self = {
 		node => $node,
 		dbname => $dbname,
-		connstr => $node->connstr($dbname) . ' application_name=zdm_load_writer',
+		connstr => $node->connstr($dbname)
+		  . ($opts{user} ? " user=$opts{user}" : '')
+		  . ' application_name=zdm_load_writer',
 		psql => $node->installed_command('psql'),
 		tables => $opts{tables} || die('ZdmLoad->new: tables missing'),
 		dir => $opts{dir} || PostgreSQL::Test::Utils::tempdir('zdm_load'),

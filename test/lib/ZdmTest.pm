@@ -58,6 +58,23 @@ CREATE DATABASE app OWNER migrator;
 	return $node;
 }
 
+# managed_role(source, role): a role on the source as managed services give
+# it (REPLICATION, CREATE on database app and schema public, member of
+# pg_signal_backend, not a superuser; trusted over TCP, see start_source),
+# and its DSN.  The test makes it the owner of the tables.
+sub managed_role
+{
+	my ($node, $role) = @_;
+	$node->safe_psql('app', qq{
+CREATE ROLE "$role" LOGIN NOSUPERUSER REPLICATION;
+GRANT CREATE ON DATABASE app TO "$role";
+GRANT CREATE ON SCHEMA public TO "$role";
+GRANT pg_signal_backend TO "$role";
+});
+	return "host=127.0.0.1 port=" . $node->port . " dbname=app user=$role";
+}
+push @EXPORT, 'managed_role';
+
 # start_target(name, extra_conf): a target cluster with database "app" and
 # the extension installed in it.
 sub start_target
