@@ -35,7 +35,9 @@ use ZdmTest;
 my @tables = qw(load_ident load_serial);
 
 # log_statement = all would log every INSERT of the writers
-my $source = start_source('source', "log_statement = ddl\n");
+# Six writers, their open transactions, the walsender, the cutover's control
+# and fence sessions and the test's own: more than the framework's 10.
+my $source = start_source('source', "log_statement = ddl\nmax_connections = 30\n");
 my $target = start_target('target');
 
 my $mgr_dsn = managed_role($source, 'mgr');
