@@ -1143,8 +1143,14 @@ compare_constraints(CheckContext *ctx, const char *contypes,
 		else if (keys)
 			entry = psprintf("%son the source ALTER TABLE %s ADD CONSTRAINT %s %s (it fails if rows conflict); or ",
 							 entry, owner, con, def);
-		entry = psprintf("%shere ALTER %s %s DROP CONSTRAINT %s before init and ALTER %s %s ADD CONSTRAINT %s %s after the cutover",
-						 entry, kind, on, con, kind, on, con, def);
+		/*
+		 * Added back as it was here: a constraint NOT VALID here (typically
+		 * because old rows violate it) comes back NOT VALID, or the ADD
+		 * would fail on those rows after the cutover.
+		 */
+		entry = psprintf("%shere ALTER %s %s DROP CONSTRAINT %s before init and ALTER %s %s ADD CONSTRAINT %s %s%s after the cutover",
+						 entry, kind, on, con, kind, on, con, def,
+						 valid_here ? "" : " NOT VALID");
 		*names = lappend(*names, name);
 		*objects = lappend(*objects, entry);
 	}
