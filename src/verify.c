@@ -233,8 +233,11 @@ text_array_datum(List *strings)
 /*
  * The tables to compare: those given, or every table of the subscription,
  * or (after the cutover, when there is no subscription) every table here
- * outside the system schemas and zdm; the last are kept only when the
- * source has them too.
+ * outside the system schemas and zdm, and every partitioned table that is
+ * not itself a partition (a table partitioned here only is the source's
+ * plain table; one partitioned on both sides is then compared through its
+ * root and through its partitions); the last are kept only when the source
+ * has them too.
  */
 static List *
 tables_to_verify(VerifyRun *run, ArrayType *given)
@@ -294,7 +297,8 @@ tables_to_verify(VerifyRun *run, ArrayType *given)
 						   "  greatest(c.reltuples, 0), pg_catalog.pg_relation_size(c.oid) "
 						   "FROM pg_catalog.pg_class c "
 						   "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-						   "WHERE c.relkind = 'r' AND c.relpersistence = 'p' "
+						   "WHERE (c.relkind = 'r' OR (c.relkind = 'p' AND NOT c.relispartition)) "
+						   "  AND c.relpersistence = 'p' "
 						   "  AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'zdm') "
 						   "  AND n.nspname !~ '^pg_(toast|temp_)' "
 						   "  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d "
