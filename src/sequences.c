@@ -18,7 +18,8 @@
  * what the catalog read said, SEQUENCE_BATCH of them per statement (plain
  * SQL: query_to_xml would need a server built with libxml).  A sequence
  * dropped or renamed in between is looked up again by OID, and one dropped
- * is forgotten, as if the catalog read had not seen it.  That read costs
+ * is forgotten, as if the catalog read had not seen it (one dropped during
+ * the catalog read makes it fail on older releases: it is read again).  That read costs
  * the source a relation open per sequence (20,000 never-used sequences are
  * many), so it is done before the fence (sequences_prefetch); under the
  * fence only pg_sequence_last_value() runs, and a sequence still not called
@@ -358,6 +359,33 @@ read_relation_state(PGconn *source, SourceSequence *seqs, int *idx, int n)
 }
 
 /*
+ * One batch of source_sequences_sql or source_sequences_owners_sql.  On
+ * PostgreSQL 15 (and others before 18) pg_sequence_last_value() fails with
+ * XX000, "could not open relation with OID", for a sequence dropped while
+ * the statement waited for its lock: the batch is read again, its snapshot
+ * then without that sequence, up to SEQUENCE_READ_ATTEMPTS times, the last
+ * attempt raising whatever error it gets.
+ */
+static RemoteResult *
+read_catalog_batch(PGconn *source, const char *sql, const char *const *params)
+{
+	static const int tolerated[] = {ERRCODE_INTERNAL_ERROR, 0};
+	int			attempt;
+
+	for (attempt = 1; attempt < SEQUENCE_READ_ATTEMPTS; attempt++)
+	{
+		int			code = 0;
+		RemoteResult *res = remote_query_tolerating(source, sql, 1, params,
+													"reading the sequences",
+													tolerated, &code);
+
+		if (res != NULL)
+			return res;
+	}
+	return remote_query(source, sql, 1, params, "reading the sequences");
+}
+
+/*
  * Every sequence of the source, in batches of SEQUENCE_BATCH rows; *n
  * receives how many.  Sequences not called are taken from cache when it
  * has them with the same relfilenode, and read from their relations
@@ -378,8 +406,7 @@ read_sequences(PGconn *source, SequenceCache *cache, int *n)
 	for (;;)
 	{
 		const char *params[1] = {after};
-		RemoteResult *res = remote_query(source, sql, 1, params,
-										 "reading the sequences");
+		RemoteResult *res = read_catalog_batch(source, sql, params);
 		int			row;
 
 		for (row = 0; row < res->ntuples; row++)
