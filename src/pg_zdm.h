@@ -84,6 +84,11 @@ extern void remote_disconnect(PGconn *conn);
 extern RemoteResult *remote_query(PGconn *conn, const char *sql,
 								  int nparams, const char *const *params,
 								  const char *step);
+extern RemoteResult *remote_query_tolerating(PGconn *conn, const char *sql,
+											 int nparams,
+											 const char *const *params,
+											 const char *step,
+											 const int *tolerated, int *code);
 extern void remote_command(PGconn *conn, const char *sql, const char *step);
 extern void remote_send(PGconn *conn, const char *sql, const char *step);
 extern RemoteResult *remote_receive(PGconn *conn, const char *step);

@@ -501,12 +501,14 @@ copy_result(PGresult *res)
 }
 
 /*
- * remote_receive: wait for the results of the query in flight and return the
- * last one, copied.  Any failed result raises its error (after the others
- * are drained and cleared).
+ * Wait for the results of the query in flight and return the last one,
+ * copied.  A failed result raises its error (after the others are drained
+ * and cleared), unless its SQLSTATE is in tolerated (ended by 0; NULL: none):
+ * then NULL is returned and *code set.
  */
-RemoteResult *
-remote_receive(PGconn *conn, const char *step)
+static RemoteResult *
+receive_results(PGconn *conn, const char *step, const int *tolerated,
+				int *code)
 {
 	RemoteError *failed = NULL;
 	RemoteResult *last = NULL;
@@ -536,11 +538,33 @@ remote_receive(PGconn *conn, const char *step)
 		else
 			PQclear(res);
 	}
+	if (failed != NULL && failed->primary != NULL && tolerated != NULL)
+	{
+		const int  *t;
+
+		for (t = tolerated; *t != 0; t++)
+			if (*t == failed->code)
+			{
+				*code = failed->code;
+				return NULL;
+			}
+	}
 	if (failed != NULL)
 		raise_remote_error(conn, failed, step);
 	if (last == NULL)
 		report_remote_error(conn, NULL, step);
 	return last;
+}
+
+/*
+ * remote_receive: wait for the results of the query in flight and return the
+ * last one, copied.  Any failed result raises its error (after the others
+ * are drained and cleared).
+ */
+RemoteResult *
+remote_receive(PGconn *conn, const char *step)
+{
+	return receive_results(conn, step, NULL, NULL);
 }
 
 /*
@@ -555,6 +579,23 @@ remote_query(PGconn *conn, const char *sql, int nparams,
 	if (!PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0))
 		report_remote_error(conn, NULL, step);
 	return remote_receive(conn, step);
+}
+
+/*
+ * remote_query_tolerating: remote_query, except that a statement failing
+ * with one of the SQLSTATEs in tolerated (MAKE_SQLSTATE codes, ended by 0)
+ * returns NULL and sets *code instead of raising: for a statement naming
+ * objects that DDL on the source may have dropped or changed since they
+ * were read.  Any other failure raises as remote_query's does.
+ */
+RemoteResult *
+remote_query_tolerating(PGconn *conn, const char *sql, int nparams,
+						const char *const *params, const char *step,
+						const int *tolerated, int *code)
+{
+	if (!PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0))
+		report_remote_error(conn, NULL, step);
+	return receive_results(conn, step, tolerated, code);
 }
 
 /*

@@ -5,21 +5,28 @@
  *
  * Logical replication does not carry sequences.  Once writes are fenced,
  * the source's sequences are read in batches of SEQUENCE_BATCH (their state
- * and the table column that owns each, if any) and one statement sets them
- * all here: a thousand sequences cost a few round trips, not a thousand.
+ * and the table column that owns each, if any) and one statement sets
+ * nearly all of them here: a thousand sequences cost a few round trips, not
+ * a thousand.
  *
  * Reading: pg_sequence_last_value() is NULL when is_called is false -- a
  * sequence never used, but also one restarted (ALTER SEQUENCE ... RESTART,
  * setval(s, v, false)), whose next value is last_value itself.  For those
- * the state is read from the sequence relation, through query_to_xml so
- * that the statement keeps a constant size however many there are.  That
- * costs a query per sequence on the source (seconds for 20,000 never-used
- * sequences), so it is done before the fence (sequences_prefetch); under
- * the fence only pg_sequence_last_value() runs, and a sequence still not
- * called is re-read only if it is new or has a new relfilenode (ALTER
- * SEQUENCE ... RESTART makes one).  What that leaves unseen, a setval(s, v,
- * false) in the seconds between, is a setval during the cutover, which the
- * fence never blocked anyway (nor nextval: sequence_buffer covers that).
+ * the state is read from the sequence relation, by a statement built here
+ * of one "SELECT ... FROM s" per sequence joined with UNION ALL (as a
+ * balanced tree: a flat chain overflows a small stack), named by
+ * what the catalog read said, SEQUENCE_BATCH of them per statement (plain
+ * SQL: query_to_xml would need a server built with libxml).  A sequence
+ * dropped or renamed in between is looked up again by OID, and one dropped
+ * is forgotten, as if the catalog read had not seen it (one dropped during
+ * the catalog read makes it fail on older releases: it is read again).  That read costs
+ * the source a relation open per sequence (20,000 never-used sequences are
+ * many), so it is done before the fence (sequences_prefetch); under the
+ * fence only pg_sequence_last_value() runs, and a sequence still not called
+ * is re-read only if it is new or has a new relfilenode (ALTER SEQUENCE ...
+ * RESTART makes one).  What that leaves unseen, a setval(s, v, false) in
+ * the seconds between, is a setval during the cutover, which the fence
+ * never blocked anyway (nor nextval: sequence_buffer covers that).
  *
  * Matching: by schema and name first; a column can own two sequences (a
  * serial turned identity keeps its old sequence OWNED BY the column), so
@@ -31,7 +38,11 @@
  * the buffer (minus, descending); one not called gets, if this side would
  * hand out a value the source has not reached yet, the source's next value
  * plus the buffer as its next value; otherwise (never used on either side)
- * it is left alone so its first value stays usable.  Never lowered, clamped
+ * it is left alone so its first value stays usable.  This side's next value
+ * comes from pg_sequence_last_value() too, and, for the few not called here
+ * whose source was restarted elsewhere than this side's start, from their
+ * relations, read after the statement that sets the others, SEQUENCE_BATCH
+ * per statement (sequences_sync_unread).  Never lowered, clamped
  * to the sequence's bounds.  setval is not rolled back: a cutover that fails
  * later leaves the sequences ahead, which is harmless.
  *
@@ -39,10 +50,13 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 
 #include "pg_zdm.h"
 
@@ -111,20 +125,23 @@ SOURCE_SEQUENCES_FROM
 #define SRC_COL			8
 
 /*
- * The state of the sequences $1 (OIDs, up to SEQUENCE_BATCH of them, not
- * called when last read) from their relations: OID, last_value, is_called.
- * query_to_xml runs the per-sequence query on the source, so the statement
- * keeps its size; the relation is named by its OID's regclass output,
- * qualified and quoted under search_path = pg_catalog.
+ * The current schema, name and readability (SELECT on it, USAGE on its
+ * schema) of the sequences $1 (OIDs): for those a relation read could not
+ * find under the name read before (dropped, renamed, or no longer readable
+ * since).  A dropped one has no row.
  */
-static const char *source_relation_state_sql =
-"SELECT s.oid::text, "
-"       substring(q.x FROM '<last_value>(-?[0-9]+)</last_value>'), "
-"       q.x ~ '<is_called>true</is_called>' "
+static const char *source_sequence_names_sql =
+"SELECT c.oid::text, n.nspname, c.relname, "
+"       has_sequence_privilege(c.oid, 'SELECT') "
+"         AND has_schema_privilege(c.relnamespace, 'USAGE') "
 "FROM unnest($1::oid[]) AS s(oid) "
-"CROSS JOIN LATERAL (SELECT query_to_xml(format('SELECT last_value, is_called FROM %s', "
-"                                               s.oid::regclass), "
-"                                        false, true, '')::text AS x) q";
+"CROSS JOIN LATERAL (SELECT oid, relname, relnamespace FROM pg_class "
+"                    WHERE oid = s.oid AND relkind = 'S') c "
+"CROSS JOIN LATERAL (SELECT nspname FROM pg_namespace "
+"                    WHERE oid = c.relnamespace) n";
+
+/* Attempts at reading a batch of relations whose names keep changing. */
+#define SEQUENCE_READ_ATTEMPTS	5
 
 /* One sequence of the source, as the cutover sees it. */
 typedef struct SourceSequence
@@ -137,6 +154,7 @@ typedef struct SourceSequence
 	bool		called;
 	bool		readable;		/* the role may read its relation */
 	bool		via_relation;	/* not called: state read from the relation */
+	bool		dropped;		/* dropped on the source while being read */
 	const char *tnsp;			/* owning column, or NULLs */
 	const char *tbl;
 	const char *col;
@@ -163,40 +181,208 @@ compare_oid(const void *a, const void *b)
 }
 
 /*
- * Fill in the state of seqs[idx[0..n-1]] (not called, readable) from their
- * relations on the source, SEQUENCE_BATCH per statement.
+ * Append the queries arms[0..n-1] (n > 0) to buf joined with UNION ALL as a
+ * balanced tree, "(a UNION ALL b) UNION ALL (c UNION ALL d)": a flat chain
+ * of a thousand arms nests a thousand deep in the server's parse analysis
+ * and exceeds a small max_stack_depth; the tree nests ten deep.
+ */
+static void
+append_union_all(StringInfo buf, char **arms, int n)
+{
+	if (n == 1)
+		appendStringInfoString(buf, arms[0]);
+	else
+	{
+		appendStringInfoChar(buf, '(');
+		append_union_all(buf, arms, n / 2);
+		appendStringInfoString(buf, ") UNION ALL (");
+		append_union_all(buf, arms + n / 2, n - n / 2);
+		appendStringInfoChar(buf, ')');
+	}
+}
+
+/*
+ * The statement reading seqs[batch[0..n-1]] (n > 0) from their relations,
+ * one arm per sequence, named by the quoted schema and name read from the
+ * source's catalog: "SELECT tableoid::oid::text, last_value::text,
+ * is_called FROM s.x", joined by append_union_all.  tableoid says which
+ * sequence a row is from, so that a name now given to another sequence is
+ * noticed.  Plain SQL, unlike query_to_xml, which needs a server built with
+ * libxml.
+ */
+static char *
+relation_state_sql(SourceSequence *seqs, int *batch, int n)
+{
+	StringInfoData sql;
+	char	  **arms = palloc(sizeof(char *) * n);
+	int			i;
+
+	for (i = 0; i < n; i++)
+		arms[i] = psprintf("SELECT tableoid::oid::text, last_value::text, is_called FROM %s",
+						   quote_qualified_identifier(seqs[batch[i]].nsp,
+													  seqs[batch[i]].name));
+	initStringInfo(&sql);
+	append_union_all(&sql, arms, n);
+	for (i = 0; i < n; i++)
+		pfree(arms[i]);
+	pfree(arms);
+	return sql.data;
+}
+
+/*
+ * Re-read the schema, name and readability of seqs[batch[0..*n-1]], which a
+ * relation read could not find under their names.  Those dropped since are
+ * marked dropped, those no longer readable are left unknown (reported as
+ * unreadable); both leave the batch, which keeps the others, in order, with
+ * their current names.
+ */
+static void
+refresh_names(PGconn *source, SourceSequence *seqs, int *batch, int *n)
+{
+	StringInfoData oids;
+	const char *params[1];
+	RemoteResult *res;
+	int			kept = 0;
+	int			i;
+	int			row = 0;
+
+	initStringInfo(&oids);
+	appendStringInfoChar(&oids, '{');
+	for (i = 0; i < *n; i++)
+		appendStringInfo(&oids, "%s%u", i > 0 ? "," : "", seqs[batch[i]].oid);
+	appendStringInfoChar(&oids, '}');
+	params[0] = oids.data;
+	res = remote_query(source, source_sequence_names_sql, 1, params,
+					   "reading the sequences");
+	/* rows come in the order of unnest, that of batch, less the dropped */
+	for (i = 0; i < *n; i++)
+	{
+		SourceSequence *seq = &seqs[batch[i]];
+
+		if (row < res->ntuples &&
+			(Oid) strtoul(remote_value(res, row, 0), NULL, 10) == seq->oid)
+		{
+			seq->nsp = remote_value(res, row, 1);
+			seq->name = remote_value(res, row, 2);
+			seq->readable = strcmp(remote_value(res, row, 3), "t") == 0;
+			row++;
+			if (seq->readable)
+				batch[kept++] = batch[i];
+			else
+				seq->last = NULL;
+		}
+		else
+			seq->dropped = true;
+	}
+	*n = kept;
+}
+
+/*
+ * Fill in the state of seqs[idx[0..n-1]] (not called, readable; in OID
+ * order) from their relations on the source, SEQUENCE_BATCH per statement.
+ * The names come from a catalog read an earlier statement made: a sequence
+ * dropped or renamed since makes the statement fail with undefined_table
+ * (or insufficient_privilege after a REVOKE), or read another sequence
+ * under its old name.  Those are looked up again by OID and the rest read
+ * again; a sequence dropped meanwhile is marked dropped, as if it had never
+ * been there.
  */
 static void
 read_relation_state(PGconn *source, SourceSequence *seqs, int *idx, int n)
 {
+	static const int tolerated[] = {ERRCODE_UNDEFINED_TABLE,
+	ERRCODE_INSUFFICIENT_PRIVILEGE, 0};
+	int		   *batch = palloc(sizeof(int) * SEQUENCE_BATCH);
 	int			start;
 
 	for (start = 0; start < n; start += SEQUENCE_BATCH)
 	{
 		int			count = Min(SEQUENCE_BATCH, n - start);
-		StringInfoData oids;
-		const char *params[1];
-		RemoteResult *res;
-		int			i;
+		int			attempt;
 
-		initStringInfo(&oids);
-		appendStringInfoChar(&oids, '{');
-		for (i = 0; i < count; i++)
-			appendStringInfo(&oids, "%s%u", i > 0 ? "," : "", seqs[idx[start + i]].oid);
-		appendStringInfoChar(&oids, '}');
-		params[0] = oids.data;
-		res = remote_query(source, source_relation_state_sql, 1, params,
-						   "reading the sequences");
-		/* rows come in the order of unnest, that of idx */
-		for (i = 0; i < res->ntuples && i < count; i++)
+		memcpy(batch, &idx[start], sizeof(int) * count);
+		for (attempt = 1; count > 0; attempt++)
 		{
-			SourceSequence *seq = &seqs[idx[start + i]];
+			char	   *sql = relation_state_sql(seqs, batch, count);
+			int			code = 0;
+			RemoteResult *res;
+			int			unread = 0;
+			int			row;
+			int			i;
 
-			seq->last = remote_value(res, i, 1);
-			seq->called = remote_value(res, i, 2) != NULL &&
-				strcmp(remote_value(res, i, 2), "t") == 0;
+			res = remote_query_tolerating(source, sql, 0, NULL,
+										  "reading the sequences",
+										  tolerated, &code);
+			pfree(sql);
+			for (row = 0; res != NULL && row < res->ntuples; row++)
+			{
+				Oid			oid = (Oid) strtoul(remote_value(res, row, 0), NULL, 10);
+
+				/* batch is in OID order; a row of another sequence is ignored */
+				for (i = 0; i < count; i++)
+				{
+					SourceSequence *seq;
+
+					if (batch[i] < 0)
+						continue;	/* already read */
+					seq = &seqs[batch[i]];
+					if (seq->oid == oid)
+					{
+						seq->last = remote_value(res, row, 1);
+						seq->called = strcmp(remote_value(res, row, 2), "t") == 0;
+						batch[i] = -1;
+						break;
+					}
+					if (seq->oid > oid)
+						break;
+				}
+			}
+			for (i = 0; i < count; i++)
+				if (batch[i] >= 0)
+					batch[unread++] = batch[i];
+			count = unread;
+			if (count == 0)
+				break;
+			if (attempt == SEQUENCE_READ_ATTEMPTS)
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("could not read %d sequences of the source: they kept being renamed or dropped",
+								count),
+						 errdetail("One of them is %s.",
+								   quote_qualified_identifier(seqs[batch[0]].nsp,
+															  seqs[batch[0]].name)),
+						 errhint("Run the cutover again once no DDL runs on the source.")));
+			refresh_names(source, seqs, batch, &count);
 		}
 	}
+	pfree(batch);
+}
+
+/*
+ * One batch of source_sequences_sql or source_sequences_owners_sql.  On
+ * PostgreSQL 15 (and others before 18) pg_sequence_last_value() fails with
+ * XX000, "could not open relation with OID", for a sequence dropped while
+ * the statement waited for its lock: the batch is read again, its snapshot
+ * then without that sequence, up to SEQUENCE_READ_ATTEMPTS times, the last
+ * attempt raising whatever error it gets.
+ */
+static RemoteResult *
+read_catalog_batch(PGconn *source, const char *sql, const char *const *params)
+{
+	static const int tolerated[] = {ERRCODE_INTERNAL_ERROR, 0};
+	int			attempt;
+
+	for (attempt = 1; attempt < SEQUENCE_READ_ATTEMPTS; attempt++)
+	{
+		int			code = 0;
+		RemoteResult *res = remote_query_tolerating(source, sql, 1, params,
+													"reading the sequences",
+													tolerated, &code);
+
+		if (res != NULL)
+			return res;
+	}
+	return remote_query(source, sql, 1, params, "reading the sequences");
 }
 
 /*
@@ -220,8 +406,7 @@ read_sequences(PGconn *source, SequenceCache *cache, int *n)
 	for (;;)
 	{
 		const char *params[1] = {after};
-		RemoteResult *res = remote_query(source, sql, 1, params,
-										 "reading the sequences");
+		RemoteResult *res = read_catalog_batch(source, sql, params);
 		int			row;
 
 		for (row = 0; row < res->ntuples; row++)
@@ -242,6 +427,7 @@ read_sequences(PGconn *source, SequenceCache *cache, int *n)
 			seq->called = seq->last != NULL;
 			seq->readable = strcmp(remote_value(res, row, SRC_READABLE), "t") == 0;
 			seq->via_relation = false;
+			seq->dropped = false;
 			seq->tnsp = cache ? NULL : remote_value(res, row, SRC_TNSP);
 			seq->tbl = cache ? NULL : remote_value(res, row, SRC_TBL);
 			seq->col = cache ? NULL : remote_value(res, row, SRC_COL);
@@ -279,6 +465,17 @@ read_sequences(PGconn *source, SequenceCache *cache, int *n)
 			unread[nunread++] = i;
 	}
 	read_relation_state(source, seqs, unread, nunread);
+	pfree(unread);
+
+	/* forget the sequences dropped while they were read */
+	{
+		int			kept = 0;
+
+		for (i = 0; i < *n; i++)
+			if (!seqs[i].dropped)
+				seqs[kept++] = seqs[i];
+		*n = kept;
+	}
 	return seqs;
 }
 
@@ -311,7 +508,9 @@ sequences_prefetch(PGconn *source)
  * sequences would otherwise lead the planner into a quadratic join).
  * Columns: sequences set, source sequences without counterpart here,
  * sequences here without counterpart on the source, source sequences the
- * role could not read (quoted qualified names).
+ * role could not read (quoted qualified names), then the sequences it left
+ * unread and unset (see nxt below): their OIDs, the values to set them to
+ * (as not called), whether they ascend, and the source's next values.
  */
 static const char *target_setval_sql =
 "WITH src AS ("
@@ -355,21 +554,21 @@ static const char *target_setval_sql =
 "                     WHERE p.seqrelid OPERATOR(pg_catalog.=) m.seqoid) p ON true), "
 /*
  * The next value here of a sequence the source has not called, when it may
- * be behind the source's next value: read from the relation only for a
- * source restarted elsewhere than this side's start (never used on both
- * sides: nothing to do).
+ * be behind the source's next value (never used on both sides: nothing to
+ * do).  One not called here either, restarted on the source elsewhere than
+ * this side's start, must be read from its relation: those are "unread",
+ * and set by sequences_sync_unread after this statement.
  */
 "nxt AS ("
 "  SELECT s.*, CASE WHEN s.called OR s.incr IS NULL OR s.last IS NULL "
 "      OR s.last OPERATOR(pg_catalog.=) s.tstart THEN NULL "
 "    WHEN s.tlast IS NOT NULL THEN s.tlast::pg_catalog.numeric OPERATOR(pg_catalog.+) s.incr "
-"    ELSE pg_catalog.substring(pg_catalog.query_to_xml("
-"           'SELECT last_value FROM ' OPERATOR(pg_catalog.||) s.seqoid::pg_catalog.regclass::pg_catalog.text, "
-"           false, true, '')::pg_catalog.text, "
-"         '<last_value>(-?[0-9]+)</last_value>')::pg_catalog.numeric END AS tnext "
+"    END AS tnext, "
+"    (NOT s.called AND s.incr IS NOT NULL AND s.last IS NOT NULL "
+"     AND s.last OPERATOR(pg_catalog.<>) s.tstart AND s.tlast IS NULL) AS unread "
 "  FROM state s), "
 "target AS ("
-"  SELECT s.seqoid, s.called, "
+"  SELECT s.seqoid, s.called, s.unread, s.incr, s.last, "
 "    CASE WHEN s.called AND s.incr > 0 "
 "      THEN LEAST(GREATEST(s.last::pg_catalog.numeric OPERATOR(pg_catalog.+) $8, coalesce(s.tlast, s.lo)), s.hi) "
 "    WHEN s.called "
@@ -379,9 +578,11 @@ static const char *target_setval_sql =
 "    END::pg_catalog.int8 AS value "
 "  FROM nxt s "
 "  WHERE s.incr IS NOT NULL AND s.last IS NOT NULL "
-"    AND (s.called OR (s.incr > 0 AND s.tnext OPERATOR(pg_catalog.<) s.last) "
+"    AND (s.called OR s.unread "
+"         OR (s.incr > 0 AND s.tnext OPERATOR(pg_catalog.<) s.last) "
 "         OR (s.incr < 0 AND s.tnext OPERATOR(pg_catalog.>) s.last))) "
-"SELECT (SELECT pg_catalog.count(pg_catalog.setval(t.seqoid, t.value, t.called)) FROM target t), "
+"SELECT (SELECT pg_catalog.count(pg_catalog.setval(t.seqoid, t.value, t.called)) "
+"        FROM target t WHERE NOT t.unread), "
 "  ARRAY(SELECT pg_catalog.quote_ident(s.nsp) OPERATOR(pg_catalog.||) '.' "
 "          OPERATOR(pg_catalog.||) pg_catalog.quote_ident(s.seq) "
 "        FROM state s WHERE s.incr IS NULL ORDER BY 1), "
@@ -397,7 +598,16 @@ static const char *target_setval_sql =
 "        ORDER BY 1), "
 "  ARRAY(SELECT pg_catalog.quote_ident(s.nsp) OPERATOR(pg_catalog.||) '.' "
 "          OPERATOR(pg_catalog.||) pg_catalog.quote_ident(s.seq) "
-"        FROM state s WHERE s.incr IS NOT NULL AND s.last IS NULL ORDER BY 1)";
+"        FROM state s WHERE s.incr IS NOT NULL AND s.last IS NULL ORDER BY 1), "
+/* the unread: four arrays in one order, that of all their columns */
+"  ARRAY(SELECT t.seqoid FROM target t WHERE t.unread "
+"        ORDER BY t.seqoid, t.value, t.last), "
+"  ARRAY(SELECT t.value FROM target t WHERE t.unread "
+"        ORDER BY t.seqoid, t.value, t.last), "
+"  ARRAY(SELECT t.incr OPERATOR(pg_catalog.>) 0 FROM target t WHERE t.unread "
+"        ORDER BY t.seqoid, t.value, t.last), "
+"  ARRAY(SELECT t.last FROM target t WHERE t.unread "
+"        ORDER BY t.seqoid, t.value, t.last)";
 
 /* A text[] of one field of every sequence (NULL pointers: SQL NULLs). */
 static Datum
@@ -465,6 +675,69 @@ join_text_array(Datum array, int *count)
 }
 
 /*
+ * Set, as not called, the sequences oids[0..n-1] here whose next value is
+ * behind the source's (lasts[i]: further than it in their direction, up[i])
+ * to values[i]; the sequences the big statement left unread because only
+ * their relations hold their next value.  They are few (restarted on the
+ * source, not called here), read SEQUENCE_BATCH per statement, each named
+ * by its quoted qualified name after taking a lock on it, so that one
+ * dropped here meanwhile is skipped rather than failing the statement.
+ * Returns how many were set.  Connected to SPI.
+ */
+static int64
+sequences_sync_unread(Oid *oids, int64 *values, bool *up, int64 *lasts, int n)
+{
+	int64		set = 0;
+	int			start;
+
+	for (start = 0; start < n; start += SEQUENCE_BATCH)
+	{
+		int			end = Min(start + SEQUENCE_BATCH, n);
+		char	  **arms = palloc(sizeof(char *) * (end - start));
+		int			narms = 0;
+		StringInfoData sql;
+		int			i;
+		bool		isnull;
+
+		for (i = start; i < end; i++)
+		{
+			char	   *name;
+			char	   *nsp;
+
+			LockRelationOid(oids[i], AccessShareLock);
+			name = get_rel_name(oids[i]);
+			nsp = name ? get_namespace_name(get_rel_namespace(oids[i])) : NULL;
+			if (nsp == NULL || get_rel_relkind(oids[i]) != RELKIND_SEQUENCE)
+			{
+				UnlockRelationOid(oids[i], AccessShareLock);
+				continue;		/* dropped here since */
+			}
+			arms[narms++] =
+				psprintf("SELECT %u::pg_catalog.oid AS o, '" INT64_FORMAT "'::pg_catalog.int8 AS v, "
+						 "%s AS up, '" INT64_FORMAT "'::pg_catalog.int8 AS l, last_value AS t FROM %s",
+						 oids[i], values[i], up[i] ? "true" : "false", lasts[i],
+						 quote_qualified_identifier(nsp, name));
+		}
+		if (narms == 0)
+			continue;
+		initStringInfo(&sql);
+		appendStringInfoString(&sql,
+							   "SELECT pg_catalog.count(pg_catalog.setval(r.o, r.v, false)) FROM (");
+		append_union_all(&sql, arms, narms);
+		appendStringInfoString(&sql,
+							   ") r WHERE (r.up AND r.t OPERATOR(pg_catalog.<) r.l) "
+							   "OR (NOT r.up AND r.t OPERATOR(pg_catalog.>) r.l)");
+		if (zdm_spi_execute(sql.data, 0, NULL, NULL, NULL, false, 0) != SPI_OK_SELECT ||
+			SPI_processed != 1)
+			elog(ERROR, "could not set the sequences");
+		set += DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										   SPI_tuptable->tupdesc, 1, &isnull));
+		pfree(sql.data);
+	}
+	return set;
+}
+
+/*
  * sequences_sync: read every sequence on the source and move its
  * counterpart here ahead of it (see the file header); cache is what
  * sequences_prefetch read before the fence, or NULL.  Must run after the
@@ -511,5 +784,52 @@ sequences_sync(PGconn *source, int64 buffer, SequenceCache *cache,
 		result->unreadable = join_text_array(SPI_getbinval(tup, desc, 4, &isnull),
 											 &result->nunreadable);
 		MemoryContextSwitchTo(spicxt);
+	}
+
+	/* the few left unread: read from their relations, and set */
+	{
+		Datum	   *oids;
+		Datum	   *vals;
+		Datum	   *ups;
+		Datum	   *lasts;
+		bool	   *nulls;
+		int			nunread;
+		int			count;
+		Oid		   *oidv;
+		int64	   *valv;
+		bool	   *upv;
+		int64	   *lastv;
+		int			i;
+
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 5, &isnull)),
+						  OIDOID, sizeof(Oid), true, TYPALIGN_INT,
+						  &oids, &nulls, &nunread);
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 6, &isnull)),
+						  INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+						  &vals, &nulls, &count);
+		Assert(count == nunread);
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 7, &isnull)),
+						  BOOLOID, 1, true, TYPALIGN_CHAR,
+						  &ups, &nulls, &count);
+		Assert(count == nunread);
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 8, &isnull)),
+						  INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+						  &lasts, &nulls, &count);
+		Assert(count == nunread);
+		if (nunread == 0)
+			return;
+		/* copied out: the next SPI statement replaces SPI_tuptable */
+		oidv = palloc(sizeof(Oid) * nunread);
+		valv = palloc(sizeof(int64) * nunread);
+		upv = palloc(sizeof(bool) * nunread);
+		lastv = palloc(sizeof(int64) * nunread);
+		for (i = 0; i < nunread; i++)
+		{
+			oidv[i] = DatumGetObjectId(oids[i]);
+			valv[i] = DatumGetInt64(vals[i]);
+			upv[i] = DatumGetBool(ups[i]);
+			lastv[i] = DatumGetInt64(lasts[i]);
+		}
+		result->set += sequences_sync_unread(oidv, valv, upv, lastv, nunread);
 	}
 }
