@@ -91,9 +91,12 @@ FROM zdm.check('$dsn')}))
 # --- 1. the privilege checks -------------------------------------------------
 
 my $bare_dsn = 'host=127.0.0.1 port=' . $source->port . ' dbname=app user=bare';
-# a managed service that revoked a function pg_zdm calls
-$source->safe_psql('app',
-	'REVOKE EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) FROM PUBLIC');
+# a managed service that revoked a function pg_zdm calls (its signature
+# grew a fourth argument, flush, in 17)
+my $emit = $source->safe_psql('app', q{
+SELECT p.oid::regprocedure FROM pg_proc p
+WHERE p.proname = 'pg_logical_emit_message' AND p.proargtypes[2] = 'text'::regtype});
+$source->safe_psql('app', "REVOKE EXECUTE ON FUNCTION $emit FROM PUBLIC");
 
 my %bare = check_rows($bare_dsn);
 my %expected_hint = (
@@ -101,7 +104,7 @@ my %expected_hint = (
 	publication_privilege => 'GRANT mgr TO bare;',
 	table_privileges => 'GRANT SELECT, UPDATE, TRIGGER ON TABLE public.load_ident TO bare;',
 	function_privileges =>
-	  'GRANT EXECUTE ON FUNCTION pg_catalog.pg_logical_emit_message(boolean,text,text) TO bare;',
+	  "GRANT EXECUTE ON FUNCTION pg_catalog.$emit TO bare;",
 	sequence_privileges => 'GRANT SELECT ON SEQUENCE public.load_ident_id_seq TO bare;',
 	signal_privilege => 'GRANT pg_signal_backend TO bare;',
 	stats_privilege => 'GRANT pg_read_all_stats TO bare;');
@@ -154,8 +157,7 @@ is( join(', ', map { "$_: $granted{$_}{detail}" }
 	'',
 	'after the statements of the hints, every check passes for the bare role '
 	  . '(but fence_deadlock_timeout: the default grace is not below deadlock_timeout)');
-$source->safe_psql('app',
-	'GRANT EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) TO PUBLIC');
+$source->safe_psql('app', "GRANT EXECUTE ON FUNCTION $emit TO PUBLIC");
 
 # --- 2. default init with the managed role ----------------------------------
 
