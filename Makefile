@@ -4,6 +4,8 @@ MODULE_big = pg_zdm
 OBJS = \
 	src/abort.o \
 	src/checks.o \
+	src/copy.o \
+	src/copy_status.o \
 	src/cutover.o \
 	src/dsn.o \
 	src/fence.o \

@@ -7,6 +7,8 @@
  */
 #include "postgres.h"
 
+#include <limits.h>
+
 #include "fmgr.h"
 #include "utils/guc.h"
 
@@ -24,6 +26,9 @@ int			zdm_fence_idle_timeout_ms = 10000;
 
 /* How often the cutover worker looks at the catch-up progress. */
 int			zdm_poll_interval_ms = 5;
+
+/* Tables larger than this are copied in ranges by the parallel copy. */
+int			zdm_copy_range_size_kb = 128 * 1024;
 
 void
 _PG_init(void)
@@ -48,6 +53,13 @@ _PG_init(void)
 							&zdm_poll_interval_ms,
 							5, 1, 1000,
 							PGC_SUSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("zdm.copy_range_size",
+							"Size above which the parallel initial copy splits a table into ranges.",
+							"A table of N times this size is copied in N ranges, by as many copy workers as are free.",
+							&zdm_copy_range_size_kb,
+							128 * 1024, 8, INT_MAX,
+							PGC_SUSET, GUC_UNIT_KB,
 							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("zdm");
 

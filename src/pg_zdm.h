@@ -35,6 +35,7 @@
 extern int	zdm_lock_grace_ms;
 extern int	zdm_fence_idle_timeout_ms;
 extern int	zdm_poll_interval_ms;
+extern int	zdm_copy_range_size_kb;
 
 /* dsn.c */
 extern char *dsn_validate(const char *dsn);
@@ -56,6 +57,7 @@ typedef struct SourceFeatures
 	bool		slot_wal_status;	/* 13: pg_replication_slots.wal_status */
 	bool		connection_check;	/* 14: client_connection_check_interval */
 	bool		terminate_waits;	/* 14: pg_terminate_backend(pid, timeout) */
+	bool		tid_range_scan;	/* 14: ctid ranges scan only their pages */
 } SourceFeatures;
 
 extern void source_features(PGconn *conn, SourceFeatures *features);
@@ -70,6 +72,7 @@ typedef struct RemoteResult
 
 extern PGconn *remote_connect(const char *dsn, const char *purpose);
 extern PGconn *remote_try_connect(const char *dsn, char **reason);
+extern PGconn *remote_connect_replication(const char *dsn, const char *purpose);
 extern void remote_keep_across_abort(PGconn *conn);
 extern PGconn *remote_connect_quietly(const char *dsn, int timeout_ms,
 									  char **reason);
@@ -122,6 +125,7 @@ extern bool migration_lock_held_elsewhere(void);
 extern void require_nonatomic(FunctionCallInfo fcinfo, const char *procname,
 							  const char *why);
 extern char *target_slot_name(void);
+extern void as_state_owner(void (*fn) (void *arg), void *arg);
 
 /* checks.c */
 typedef struct CheckResult
@@ -137,9 +141,34 @@ typedef struct CheckResult
 extern List *run_checks(PGconn *conn, bool ignore_missing, bool defer_copy,
 					   List **published);
 
+/* copy.c: the parallel initial copy */
+#define ZDM_COPY_MAX_JOBS	16
+#define ZDM_COPY_MAX_PARTS	256
+
+typedef struct CopyLaunch CopyLaunch;
+
+extern List *copy_checks(int jobs);
+extern int	copy_plan(PGconn *conn, int jobs, const char *consistent_lsn);
+extern CopyLaunch *copy_launch(const char *dsn, const char *snapshot, int jobs);
+extern void copy_go(CopyLaunch *launch);
+extern void copy_cancel(CopyLaunch *launch);
+extern PGDLLEXPORT void zdm_copy_worker_main(Datum main_arg);
+
+/* copy_status.c: its progress, and undoing it */
+typedef struct CopyProgress
+{
+	bool		exists;			/* a parallel copy was planned */
+	bool		ok;				/* done */
+	char	   *value;			/* for people */
+	int64		bytes;			/* bytes copied so far */
+} CopyProgress;
+
+extern void copy_progress(CopyProgress *progress);
+extern void copy_undo(void);
+
 /* subscription.c */
 extern void subscription_create(const char *conninfo, const char *slot_name,
-								bool copy_data);
+								bool copy_data, bool enabled);
 extern Oid	subscription_oid(void);
 extern bool subscription_drop(void);
 extern char *subscription_table_mismatch(Oid subid, List *published,

@@ -33,4 +33,5 @@ source_features(PGconn *conn, SourceFeatures *features)
 	features->slot_wal_status = v >= 130000;
 	features->connection_check = v >= 140000;
 	features->terminate_waits = v >= 140000;
+	features->tid_range_scan = v >= 140000;
 }

@@ -30,12 +30,12 @@
 /*
  * subscription_create: CREATE SUBSCRIPTION zdm_sub CONNECTION conninfo
  * PUBLICATION zdm_pub WITH (create_slot = false, slot_name = slot_name,
- * copy_data = copy_data), in the current transaction.  Its workers start
- * when that transaction commits.
+ * copy_data = copy_data, enabled = enabled), in the current transaction.
+ * Its workers start when that transaction commits, if enabled.
  */
 void
 subscription_create(const char *conninfo, const char *slot_name,
-					bool copy_data)
+					bool copy_data, bool enabled)
 {
 	CreateSubscriptionStmt *stmt = makeNode(CreateSubscriptionStmt);
 	ParseState *pstate = make_parsestate(NULL);
@@ -49,6 +49,8 @@ subscription_create(const char *conninfo, const char *slot_name,
 										   (Node *) makeString(pstrdup(slot_name)), -1),
 							   makeDefElem("copy_data",
 										   (Node *) makeBoolean(copy_data), -1));
+	stmt->options = lappend(stmt->options,
+							makeDefElem("enabled", (Node *) makeBoolean(enabled), -1));
 	CreateSubscription(pstate, stmt, false);
 	CommandCounterIncrement();
 	free_parsestate(pstate);
