@@ -92,13 +92,16 @@ COMMENT ON TABLE zdm.copy_task IS
 REVOKE ALL ON zdm.migration, zdm.event_log, zdm.copy_run, zdm.copy_task FROM PUBLIC;
 
 /*
- * zdm.check: every preflight check as a row, changing nothing on either side.
+ * zdm.check: every preflight check as a row, changing nothing on either side
+ * (with copy_method 'parallel' also those of the parallel copy).
  * ok is false for a failed check; blocking says whether zdm.init refuses
  * because of it (the others are warnings worth reading).
  */
 CREATE FUNCTION zdm.check(source_dsn text,
                           ignore_missing boolean DEFAULT false,
                           defer_copy boolean DEFAULT false,
+                          copy_method text DEFAULT 'native',
+                          copy_jobs integer DEFAULT 2,
                           OUT name text,
                           OUT ok boolean,
                           OUT detail text,
@@ -107,7 +110,7 @@ CREATE FUNCTION zdm.check(source_dsn text,
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'zdm_check'
 LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION zdm.check(text, boolean, boolean) IS
+COMMENT ON FUNCTION zdm.check(text, boolean, boolean, text, integer) IS
     'run every preflight check against the source and this target; changes nothing';
 
 /*
@@ -196,7 +199,7 @@ LANGUAGE C;
 COMMENT ON PROCEDURE zdm.abort() IS
     'drop subscription, slot and publication and forget the migration';
 
-REVOKE ALL ON FUNCTION zdm.check(text, boolean, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION zdm.check(text, boolean, boolean, text, integer) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE zdm.init(text, boolean, boolean, text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION zdm.status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION zdm.tables() FROM PUBLIC;

@@ -111,14 +111,19 @@ static int64 copy_bytes = 0;
 /*
  * copy_checks: the checks only the parallel copy needs, as CheckResult rows
  * for zdm.check and zdm.init: enough free background worker slots here for
- * the copy workers, the apply worker and the cutover worker.  (The source
- * side -- one walsender and one slot for the snapshot-exporting connection,
- * later used by the subscription -- is covered by the common checks.)
+ * the copy workers, the apply worker and the cutover worker (blocking); how
+ * the source's release lets large tables be split (a warning when only
+ * integer primary keys can split them).  The source side of the slot -- one
+ * walsender for the snapshot-exporting connection, later the subscription's,
+ * and EXPORT_SNAPSHOT itself, which every supported release has -- is
+ * covered by the common checks.
  */
 List *
-copy_checks(int jobs)
+copy_checks(PGconn *conn, int jobs)
 {
 	CheckResult *c = palloc0(sizeof(CheckResult));
+	CheckResult *r = palloc0(sizeof(CheckResult));
+	SourceFeatures features;
 	int			busy;
 	int			free_slots;
 
@@ -143,7 +148,17 @@ copy_checks(int jobs)
 	c->detail = psprintf("This target has %d free background worker slots; the parallel copy needs %d (%d copy workers, then the apply worker and the cutover worker).",
 						 Max(free_slots, 0), jobs + 2, jobs);
 	c->hint = pstrdup("Raise max_worker_processes on this target (needs a restart), or pass a smaller copy_jobs.");
-	return list_make1(c);
+
+	source_features(conn, &features);
+	r->name = "copy_ranges";
+	r->ok = features.tid_range_scan;
+	r->blocking = false;
+	r->detail = features.tid_range_scan ?
+		pstrdup("The source (PostgreSQL 14 or later) scans TID ranges: tables larger than zdm.copy_range_size are copied in ranges by several workers.") :
+		pstrdup("The source is older than PostgreSQL 14 and cannot scan TID ranges: a large table is split only by a single-column integer primary key, and copied in one piece otherwise.");
+	r->hint = features.tid_range_scan ? NULL :
+		pstrdup("Expect the largest table without such a key to set the length of the copy.");
+	return list_make2(c, r);
 }
 
 /*
@@ -340,7 +355,8 @@ plan_table(PGconn *conn, int id, RemoteResult *tables, int row,
 	if (parts <= 1)
 	{
 		add_data_task(id++, table, 1, 1,
-					  psprintf("COPY %s (%s) TO STDOUT", table, columns),
+					  columns[0] ? psprintf("COPY %s (%s) TO STDOUT", table, columns) :
+					  psprintf("COPY %s TO STDOUT", table),
 					  columns, rows, size);
 		return id;
 	}
@@ -373,7 +389,7 @@ plan_table(PGconn *conn, int id, RemoteResult *tables, int row,
 		}
 		add_data_task(id++, table, part + 1, (int) parts,
 					  psprintf("COPY (SELECT %s FROM ONLY %s WHERE %s) TO STDOUT",
-							   columns, table, where.data),
+							   columns[0] ? columns : "*", table, where.data),
 					  columns, rows / parts, size / parts);
 	}
 	return id;
@@ -410,11 +426,13 @@ copy_plan(PGconn *conn, int jobs, const char *consistent_lsn)
 
 /*
  * copy_launch: start jobs copy workers and wait until each has imported
- * snapshot on the source (dsn).  ERROR when one cannot start or import;
- * then copy_cancel must follow (init's cleanup calls it).
+ * snapshot on the source (dsn).  *launchp is set before any worker starts:
+ * on ERROR (a worker cannot start or import) the caller's cleanup passes it
+ * to copy_cancel, which sends the workers away.
  */
-CopyLaunch *
-copy_launch(const char *dsn, const char *snapshot, int jobs)
+void
+copy_launch(const char *dsn, const char *snapshot, int jobs,
+			CopyLaunch **launchp)
 {
 	CopyLaunch *launch = MemoryContextAllocZero(TopMemoryContext,
 												sizeof(CopyLaunch));
@@ -433,6 +451,7 @@ copy_launch(const char *dsn, const char *snapshot, int jobs)
 	shared->init_latch = MyLatch;
 	strlcpy(shared->snapshot, snapshot, sizeof(shared->snapshot));
 	strcpy(shared->dsn, dsn);
+	*launchp = launch;
 
 	for (i = 0; i < jobs; i++)
 	{
@@ -492,7 +511,6 @@ copy_launch(const char *dsn, const char *snapshot, int jobs)
 						 COPY_POLL_MS, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
-	return launch;
 }
 
 /*

@@ -67,9 +67,12 @@ dsn_argument(FunctionCallInfo fcinfo)
 						text_to_cstring(PG_GETARG_TEXT_PP(0)));
 }
 
+static int	copy_jobs_argument(FunctionCallInfo fcinfo, bool defer_copy);
+
 /*
- * zdm.check(source_dsn, ignore_missing, defer_copy): every check as a row.
- * A source that cannot be reached is a failed 'connection' row, not an error.
+ * zdm.check(source_dsn, ignore_missing, defer_copy, copy_method, copy_jobs):
+ * every check as a row.  A source that cannot be reached is a failed
+ * 'connection' row, not an error.
  */
 Datum
 zdm_check(PG_FUNCTION_ARGS)
@@ -77,6 +80,7 @@ zdm_check(PG_FUNCTION_ARGS)
 	char	   *dsn = dsn_argument(fcinfo);
 	bool		ignore_missing = bool_argument(fcinfo, 1, "ignore_missing");
 	bool		defer_copy = bool_argument(fcinfo, 2, "defer_copy");
+	int			copy_jobs = copy_jobs_argument(fcinfo, defer_copy);
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	List	   *checks = NIL;
 	List	   *published;
@@ -102,6 +106,8 @@ zdm_check(PG_FUNCTION_ARGS)
 	{
 		checks = list_concat(checks, run_checks(conn, ignore_missing,
 												defer_copy, &published));
+		if (copy_jobs > 0 && PQserverVersion(conn) >= ZDM_MIN_SOURCE_VERSION_NUM)
+			checks = list_concat(checks, copy_checks(conn, copy_jobs));
 		remote_disconnect(conn);
 	}
 
@@ -297,7 +303,7 @@ create_migration_parallel(PGconn *conn, InitProgress *progress,
 			  ignore_missing ? psprintf("%d tables present on the target", list_length(published)) :
 			  "all tables", ntables, copy_jobs, consistent_lsn);
 
-	progress->launch = copy_launch(progress->dsn, snapshot, copy_jobs);
+	copy_launch(progress->dsn, snapshot, copy_jobs, &progress->launch);
 	SPI_commit();
 	SPI_start_transaction();
 	/* committed: from here on zdm.abort() undoes it, not init's cleanup */
@@ -440,7 +446,7 @@ zdm_init(PG_FUNCTION_ARGS)
 		conn = remote_connect(dsn, "to check it");
 		checks = run_checks(conn, ignore_missing, defer_copy, &published);
 		if (copy_jobs > 0)
-			checks = list_concat(checks, copy_checks(copy_jobs));
+			checks = list_concat(checks, copy_checks(conn, copy_jobs));
 		refuse_on_failed_checks(checks);
 
 		create_migration_or_undo(conn, &progress, ignore_missing, defer_copy,

@@ -147,9 +147,10 @@ extern List *run_checks(PGconn *conn, bool ignore_missing, bool defer_copy,
 
 typedef struct CopyLaunch CopyLaunch;
 
-extern List *copy_checks(int jobs);
+extern List *copy_checks(PGconn *conn, int jobs);
 extern int	copy_plan(PGconn *conn, int jobs, const char *consistent_lsn);
-extern CopyLaunch *copy_launch(const char *dsn, const char *snapshot, int jobs);
+extern void copy_launch(const char *dsn, const char *snapshot, int jobs,
+						CopyLaunch **launchp);
 extern void copy_go(CopyLaunch *launch);
 extern void copy_cancel(CopyLaunch *launch);
 extern PGDLLEXPORT void zdm_copy_worker_main(Datum main_arg);
