@@ -58,7 +58,7 @@ CREATE TABLE zdm.copy_run (
     jobs            integer NOT NULL,
     consistent_lsn  pg_catalog.pg_lsn NOT NULL,
     state           text NOT NULL CHECK (state IN ('copying', 'done', 'failed')),
-    started_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    started_at      timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     finished_at     timestamptz,
     error           text
 );
@@ -210,7 +210,7 @@ REVOKE ALL ON PROCEDURE zdm.abort() FROM PUBLIC;
  * zdm.wait_ready: wait until zdm.status() says the target is ready for
  * cutover, printing a NOTICE with the copy's progress every notice_every.
  * Fails with SQLSTATE 57014 after timeout (NULL: wait for ever), and at once
- * when the parallel copy failed.  Commits between its looks (it holds no
+ * with 55000 when the parallel copy failed or was interrupted.  Commits between its looks (it holds no
  * snapshot while it sleeps): call it on its own, not inside BEGIN.
  */
 CREATE PROCEDURE zdm.wait_ready(timeout interval DEFAULT NULL,
@@ -224,6 +224,7 @@ DECLARE
     overall     text;
     copy        text;
     failed      text;
+    seen_interrupted boolean := false;
 BEGIN
     LOOP
         SELECT pg_catalog.bool_or(s.ok) FILTER (WHERE s.component OPERATOR(pg_catalog.=) 'overall'),
@@ -231,15 +232,23 @@ BEGIN
                pg_catalog.string_agg(s.metric OPERATOR(pg_catalog.||) ': ' OPERATOR(pg_catalog.||) s.value, '; ')
                    FILTER (WHERE s.component OPERATOR(pg_catalog.=) 'copy' AND NOT s.ok),
                pg_catalog.max(s.value) FILTER (WHERE s.metric OPERATOR(pg_catalog.=) 'parallel_copy'
-                                               AND s.value OPERATOR(pg_catalog.~~) 'failed%')
+                                               AND (s.value OPERATOR(pg_catalog.~~) 'failed%'
+                                                    OR s.value OPERATOR(pg_catalog.~~) 'interrupted%'))
           INTO ready, overall, copy, failed
           FROM zdm.status() s;
         IF ready THEN
             RAISE NOTICE 'ready for cutover';
             RETURN;
         END IF;
+        -- interrupted (no copy worker left, copy not done) is seen once
+        -- also in the moment a failing worker has recorded its failure but
+        -- this statement's snapshot predates it: believe it the second time
+        IF failed OPERATOR(pg_catalog.~~) 'interrupted%' AND NOT seen_interrupted THEN
+            seen_interrupted := true;
+            failed := NULL;
+        END IF;
         IF failed IS NOT NULL THEN
-            RAISE EXCEPTION 'the initial copy failed'
+            RAISE EXCEPTION 'the initial copy failed or was interrupted'
                 USING ERRCODE = 'object_not_in_prerequisite_state',
                       DETAIL = failed,
                       HINT = 'Run CALL zdm.abort(), fix the cause, and run zdm.init again.';
@@ -252,11 +261,11 @@ BEGIN
         IF pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>=) deadline THEN
             RAISE EXCEPTION 'the target did not become ready within %', timeout
                 USING ERRCODE = 'query_canceled',
-                      DETAIL = pg_catalog.coalesce(copy, 'The copy is done; replication is catching up.'),
+                      DETAIL = coalesce(copy, 'The copy is done; replication is catching up.'),
                       HINT = 'See SELECT * FROM zdm.status() and zdm.tables(); call zdm.wait_ready again to keep waiting.';
         END IF;
         IF pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>=) next_notice THEN
-            RAISE NOTICE 'not ready yet: %', pg_catalog.coalesce(copy, 'copy done, replication catching up');
+            RAISE NOTICE 'not ready yet: %', coalesce(copy, 'copy done, replication catching up');
             next_notice := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) notice_every;
         END IF;
         COMMIT;

@@ -344,7 +344,7 @@ read_tables(void *arg)
 					"    WHEN 'f' THEN 'copying' WHEN 's' THEN 'synchronized' "
 					"    WHEN 'r' THEN 'ready' ELSE r.srsubstate::text END END, "
 					"  pg_catalog.pg_table_size(c.oid), "
-					"  pg_catalog.coalesce(ct.copied, p.bytes_processed), "
+					"  coalesce(ct.copied, p.bytes_processed), "
 					"  (ct.est_done / nullif(ct.secs, 0))::bigint, "
 					"  CASE WHEN ct.data_done < ct.data_total AND ct.est_done > 0 AND ct.secs > 0 THEN "
 					"    pg_catalog.make_interval(secs => pg_catalog.round(((ct.est_total - ct.est_done) "

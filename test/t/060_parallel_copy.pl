@@ -72,14 +72,15 @@ DELETE FROM del WHERE id = :d;
 COMMIT;
 };
 	close $fh;
-	my ($out, $err) = ('', '');
+	# output to files: nobody pumps the harness while psql calls run
+	my $dir = PostgreSQL::Test::Utils::tempdir();
 	my $h = IPC::Run::start(
 		[
 			$source->installed_command('pgbench'), '-n', '-c', '2', '-T',
 			$secs, '-R', '200', '-f', $script, '-d', $source->connstr('app')
 		],
-		'>', \$out, '2>', \$err);
-	return { harness => $h, out => \$out, err => \$err };
+		'>', "$dir/out", '2>', "$dir/err");
+	return { harness => $h, dir => $dir };
 }
 
 # --- 1. the happy path under writes ----------------------------------------
@@ -114,7 +115,7 @@ is($target->safe_psql('app',
 		"SELECT state || ' ' || count(*) FROM zdm.copy_task GROUP BY state"),
 	'done ' . $target->safe_psql('app', 'SELECT count(*) FROM zdm.copy_task'),
 	'every copy task is done');
-like(status_of($target, 'copy', 'parallel_copy'), qr/^done in .*\|t$/,
+like(status_of($target, 'copy', 'parallel_copy'), qr/^done in .*\|true$/,
 	'status reports the copy done');
 is($target->safe_psql('app', q{
 SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
@@ -126,9 +127,10 @@ is($target->safe_psql('app',
 
 # let the writes end, then compare every row once the target caught up
 $writes->{harness}->finish;
-like(${ $writes->{out} }, qr/number of transactions actually processed: [1-9]/,
+like(slurp_file("$writes->{dir}/out"),
+	qr/number of transactions actually processed: [1-9]/,
 	'pgbench wrote to the source all through the copy')
-  or diag ${ $writes->{err} };
+  or diag slurp_file("$writes->{dir}/err");
 cmp_ok($source->safe_psql('app', 'SELECT sum(v) FROM big'), '>', 0,
 	'counters moved on the source');
 foreach my $table (@tables)
@@ -161,9 +163,9 @@ is($ret, 0, 'init starts a copy that will fail') or diag $stderr;
 ($ret, $stdout, $stderr) = psql_verbose($target, 'app',
 	"CALL zdm.wait_ready('2 min', '1 s');");
 isnt($ret, 0, 'wait_ready fails');
-like($stderr, qr/ERROR:  55000: the initial copy failed/, 'with the copy failure');
+like($stderr, qr/ERROR:  55000: the initial copy failed or was interrupted/, 'with the copy failure');
 like($stderr, qr/del_small/, 'naming the constraint');
-like(status_of($target, 'copy', 'parallel_copy'), qr/^failed after .*del_small.*\|f$/,
+like(status_of($target, 'copy', 'parallel_copy'), qr/^failed after .*del_small.*\|false$/,
 	'status says the copy failed and why');
 ($ret, $stdout, $stderr) = psql_verbose($target, 'app', 'CALL zdm.abort()');
 is($ret, 0, 'abort after the failure') or diag $stderr;
@@ -177,11 +179,12 @@ is($target->safe_psql('app',
 $target->safe_psql('app', 'ALTER TABLE del DROP CONSTRAINT del_small');
 
 # --- 3. abort in the middle of the copy ------------------------------------
-# A session here holds a lock on del: the worker copying del waits for it.
+# A session here holds a lock on del that lets readers (init) through but
+# not writers: the worker copying del waits for it.
 my $locker = background_sql($target, 'app',
-	'BEGIN; LOCK del IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(600); COMMIT;');
+	'BEGIN; LOCK del IN SHARE MODE; SELECT pg_sleep(600); COMMIT;');
 ok($target->poll_query_until('app',
-		"SELECT count(*) > 0 FROM pg_locks WHERE relation = 'del'::regclass AND mode = 'AccessExclusiveLock' AND granted"),
+		"SELECT count(*) > 0 FROM pg_locks WHERE relation = 'del'::regclass AND mode = 'ShareLock' AND granted"),
 	'a session locks del here');
 ($ret, $stdout, $stderr) = psql_verbose($target, 'app',
 	"CALL zdm.init('$dsn', copy_method => 'parallel', copy_jobs => 2);");
@@ -189,7 +192,7 @@ is($ret, 0, 'init starts the copy') or diag $stderr;
 ok($target->poll_query_until('app',
 		"SELECT count(*) > 0 FROM zdm.copy_task WHERE state = 'running' AND relid = 'del'::regclass"),
 	'a worker is copying del');
-like(status_of($target, 'copy', 'parallel_copy'), qr/^copying: .*ETA .*\|f$/,
+like(status_of($target, 'copy', 'parallel_copy'), qr/^copying: .*ETA .*\|false$/,
 	'status shows the copy in progress with an ETA');
 # abort stops the workers, then waits for the lock to empty del
 my $abort = background_sql($target, 'app', 'CALL zdm.abort()');
