@@ -219,7 +219,7 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     deadline    timestamptz := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) timeout;
-    next_notice timestamptz := pg_catalog.clock_timestamp();
+    next_notice timestamptz := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) notice_every;
     ready       boolean;
     overall     text;
     copy        text;
