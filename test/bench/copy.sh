@@ -28,8 +28,13 @@
 #   b  one table of 10M rows (bigint key, int, text, timestamptz; 1.0 GB)
 #   c  5,000 tables of one row each
 #
-# Output: one "COPYBENCH dataset=.. method=.. seconds=.. ..." line per run
-# and a table at the end.  Everything is removed on exit.
+# Output: one "COPYBENCH dataset=.. method=.. seconds=.. ..." line per run,
+# repeated at the end.  Everything is removed on exit.
+#
+# COPYBENCH_PG_BIN=/path/bin runs the clusters from that PostgreSQL 15
+# installation instead (one where pg_zdm is already installed: a private
+# copy of Debian's, for instance, so that the benchmark does not wait for the
+# machine-wide install lock); nothing is built or installed then.
 
 set -euo pipefail
 
@@ -56,7 +61,7 @@ load_dataset() {
             zdm_as_postgres pgbench -i -q -s 50 -h "$(zdm_cluster_sockdir src)" \
                 -p "$(zdm_cluster_port src)" -U postgres "$db" >/dev/null 2>&1 ||
                 zdm_die "pgbench -i failed"
-            sql src "$db" -c "
+            sql src "$db" >/dev/null <<'SQL'
 CREATE TABLE events (id bigint PRIMARY KEY, account int NOT NULL, kind text NOT NULL,
                      at timestamptz NOT NULL, payload text);
 INSERT INTO events SELECT g, g % 500000, 'kind' || (g % 17), now() - g * interval '1 s',
@@ -64,13 +69,19 @@ INSERT INTO events SELECT g, g % 500000, 'kind' || (g % 17), now() - g * interva
 CREATE INDEX events_account ON events (account);
 CREATE INDEX events_kind ON events (kind);
 CREATE INDEX events_at ON events (at);
-VACUUM ANALYZE;" >/dev/null ;;
+-- pg_zdm refuses a published table without replica identity
+ALTER TABLE pgbench_history REPLICA IDENTITY FULL;
+VACUUM ANALYZE;
+SQL
+            ;;
         b)
-            sql src "$db" -c "
+            sql src "$db" >/dev/null <<'SQL'
 CREATE TABLE big (id bigint PRIMARY KEY, a int NOT NULL, b text, c timestamptz);
 INSERT INTO big SELECT g, g % 1000, md5(g::text), now() - g * interval '1 s'
 FROM generate_series(1, 10000000) g;
-VACUUM ANALYZE;" >/dev/null ;;
+VACUUM ANALYZE;
+SQL
+            ;;
         c)
             sql src "$db" -c "
 DO \$\$ BEGIN
@@ -149,7 +160,11 @@ main() {
         zdm_die "could not install pgcopydb"
     command -v bc >/dev/null ||
         DEBIAN_FRONTEND=noninteractive apt-get install -y bc >/dev/null
-    zdm_build_install
+    if [[ -n ${COPYBENCH_PG_BIN:-} ]]; then
+        ZDM_PG_BIN=$COPYBENCH_PG_BIN
+    else
+        zdm_build_install
+    fi
     BENCH_TMP=$(mktemp -d -t pg_zdm.copybench.XXXXXX)
     chown postgres:postgres "$BENCH_TMP"
     ZDM_TMP_DIRS+=("$BENCH_TMP")
