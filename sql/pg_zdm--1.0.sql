@@ -73,6 +73,7 @@ CREATE TABLE zdm.copy_task (
     parts           integer NOT NULL DEFAULT 1,
     source_query    text,
     target_columns  text,
+    copy_format     text CHECK (copy_format IN ('text', 'binary')),
     index_name      name,
     index_def       text,
     est_rows        double precision NOT NULL DEFAULT 0,

@@ -53,6 +53,7 @@
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -182,11 +183,12 @@ copy_spi(const char *sql, int nargs, Oid *types, Datum *values, int expected)
  */
 static void
 add_data_task(int id, const char *table, int part, int parts,
-			  const char *query, const char *columns, double rows, int64 bytes)
+			  const char *query, const char *columns, double rows, int64 bytes,
+			  bool binary)
 {
-	Oid			types[8] = {INT4OID, TEXTOID, INT4OID, INT4OID, TEXTOID, TEXTOID,
-	FLOAT8OID, INT8OID};
-	Datum		values[8];
+	Oid			types[9] = {INT4OID, TEXTOID, INT4OID, INT4OID, TEXTOID, TEXTOID,
+	FLOAT8OID, INT8OID, TEXTOID};
+	Datum		values[9];
 
 	values[0] = Int32GetDatum(id);
 	values[1] = CStringGetTextDatum(table);
@@ -196,10 +198,11 @@ add_data_task(int id, const char *table, int part, int parts,
 	values[5] = CStringGetTextDatum(columns);
 	values[6] = Float8GetDatum(rows);
 	values[7] = Int64GetDatum(bytes);
+	values[8] = CStringGetTextDatum(binary ? "binary" : "text");
 	copy_spi("INSERT INTO zdm.copy_task (id, kind, relid, part, parts, "
-			 "  source_query, target_columns, est_rows, est_bytes) "
-			 "VALUES ($1, 'data', $2::pg_catalog.regclass, $3, $4, $5, $6, $7, $8)",
-			 8, types, values, SPI_OK_INSERT);
+			 "  source_query, target_columns, est_rows, est_bytes, copy_format) "
+			 "VALUES ($1, 'data', $2::pg_catalog.regclass, $3, $4, $5, $6, $7, $8, $9)",
+			 9, types, values, SPI_OK_INSERT);
 }
 
 /*
@@ -292,14 +295,70 @@ published_tables(PGconn *conn)
 								 "      AND a.attnum = i.indkey[0] "
 								 "    WHERE i.indrelid = c.oid AND i.indisprimary AND i.indnatts = 1 "
 								 "      AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)), "
-								 "  current_setting('block_size')::int "
+								 "  current_setting('block_size')::int, "
+								 "  (SELECT string_agg(format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum) "
+								 "     FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 "
+								 "      AND NOT a.attisdropped %s) "
 								 "FROM pg_publication_tables p "
 								 "JOIN pg_namespace n ON n.nspname = p.schemaname "
 								 "JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename "
 								 "WHERE p.pubname = '" ZDM_PUBLICATION "' "
 								 "ORDER BY pg_relation_size(c.oid) DESC",
+								 features.generated_columns ? "AND a.attgenerated = ''" : "",
 								 features.generated_columns ? "AND a.attgenerated = ''" : ""),
 						0, NULL, "listing the tables to copy");
+}
+
+/*
+ * Can table be copied in binary format?  Only when zdm.copy_binary is on and
+ * its columns here have exactly the types they have on the source
+ * (source_types: format_type of each column, in the order of columns), and
+ * each type here can read the binary form (a receive function); otherwise
+ * the text form, which converts between types as replication does.
+ */
+static bool
+binary_compatible(const char *table, const char *columns,
+				  const char *source_types)
+{
+	char	   *raw;
+	List	   *names = NIL;
+	ListCell   *lc;
+	Datum	   *elems;
+	int			n = 0;
+	Oid			types[2] = {TEXTOID, TEXTARRAYOID};
+	Datum		values[2];
+	bool		match;
+
+	if (!zdm_copy_binary || columns == NULL || columns[0] == '\0' ||
+		source_types == NULL)
+		return false;
+	raw = pstrdup(columns);
+	if (!SplitIdentifierString(raw, ',', &names))
+		return false;
+	elems = palloc(sizeof(Datum) * list_length(names));
+	foreach(lc, names)
+		elems[n++] = CStringGetTextDatum((char *) lfirst(lc));
+	values[0] = CStringGetTextDatum(table);
+	values[1] = PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false,
+												TYPALIGN_INT));
+	SPI_connect();
+	if (zdm_spi_execute("SELECT pg_catalog.string_agg(pg_catalog.format_type(a.atttypid, a.atttypmod), ', ' "
+						"         ORDER BY x.ord) "
+						"  FILTER (WHERE t.typreceive OPERATOR(pg_catalog.<>) 0) "
+						"FROM pg_catalog.unnest($2) WITH ORDINALITY x(name, ord) "
+						"JOIN pg_catalog.pg_attribute a "
+						"  ON a.attrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass "
+						" AND a.attname OPERATOR(pg_catalog.=) x.name AND NOT a.attisdropped "
+						"JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid",
+						2, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the column types of %s", table);
+	{
+		char	   *here = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		match = here != NULL && strcmp(here, source_types) == 0;
+	}
+	SPI_finish();
+	return match;
 }
 
 /*
@@ -321,6 +380,9 @@ plan_table(PGconn *conn, int id, RemoteResult *tables, int row,
 	const char *columns = remote_value(tables, row, 3);
 	const char *key = remote_value(tables, row, 4);
 	int			block_size = atoi(remote_value(tables, row, 5));
+	bool		binary = binary_compatible(table, remote_value(tables, row, 3),
+										   remote_value(tables, row, 6));
+	const char *format = binary ? " (FORMAT binary)" : "";
 	int64		parts = range_bytes > 0 ? (size + range_bytes - 1) / range_bytes : 1;
 	int64		lo = 0;
 	int64		hi = 0;
@@ -355,9 +417,9 @@ plan_table(PGconn *conn, int id, RemoteResult *tables, int row,
 	if (parts <= 1)
 	{
 		add_data_task(id++, table, 1, 1,
-					  columns[0] ? psprintf("COPY %s (%s) TO STDOUT", table, columns) :
+					  columns[0] ? psprintf("COPY %s (%s) TO STDOUT%s", table, columns, format) :
 					  psprintf("COPY %s TO STDOUT", table),
-					  columns, rows, size);
+					  columns, rows, size, binary);
 		return id;
 	}
 
@@ -388,9 +450,9 @@ plan_table(PGconn *conn, int id, RemoteResult *tables, int row,
 								 part > 0 ? " AND " : "", key, lo + step * (part + 1));
 		}
 		add_data_task(id++, table, part + 1, (int) parts,
-					  psprintf("COPY (SELECT %s FROM ONLY %s WHERE %s) TO STDOUT",
-							   columns[0] ? columns : "*", table, where.data),
-					  columns, rows / parts, size / parts);
+					  psprintf("COPY (SELECT %s FROM ONLY %s WHERE %s) TO STDOUT%s",
+							   columns[0] ? columns : "*", table, where.data, format),
+					  columns, rows / parts, size / parts, binary);
 	}
 	return id;
 }
@@ -671,7 +733,7 @@ column_names(const char *columns)
  */
 static uint64
 copy_data_task(PGconn *conn, Oid relid, const char *query,
-			   const char *columns, int64 *bytes)
+			   const char *columns, bool binary, int64 *bytes)
 {
 	Relation	rel;
 	ParseState *pstate;
@@ -697,7 +759,10 @@ copy_data_task(PGconn *conn, Oid relid, const char *query,
 	(void) addRangeTableEntryForRelation(pstate, rel, RowExclusiveLock,
 										 NULL, false, false);
 	cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, copy_read_data,
-						   column_names(columns), NIL);
+						   column_names(columns),
+						   binary ? list_make1(makeDefElem("format",
+														   (Node *) makeString("binary"),
+														   -1)) : NIL);
 	rows = CopyFrom(cstate);
 	EndCopyFrom(cstate);
 	free_parsestate(pstate);
@@ -727,6 +792,7 @@ typedef struct CopyTask
 	char	   *query;
 	char	   *columns;
 	char	   *index_def;
+	bool		binary;
 } CopyTask;
 
 /*
@@ -756,7 +822,8 @@ claim_task(MemoryContext cxt)
 						"  ORDER BY t.kind OPERATOR(pg_catalog.=) 'index', t.est_bytes DESC, t.id "
 						"  LIMIT 1 FOR UPDATE SKIP LOCKED) "
 						"RETURNING id, kind OPERATOR(pg_catalog.=) 'data', relid::pg_catalog.oid, "
-						"  source_query, target_columns, index_def",
+						"  source_query, target_columns, index_def, "
+						"  copy_format OPERATOR(pg_catalog.=) 'binary'",
 						0, NULL, NULL, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not claim a copy task");
 	if (SPI_processed == 1)
@@ -773,6 +840,7 @@ claim_task(MemoryContext cxt)
 		task->query = SPI_getvalue(tup, desc, 4);
 		task->columns = SPI_getvalue(tup, desc, 5);
 		task->index_def = SPI_getvalue(tup, desc, 6);
+		task->binary = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull)) && !isnull;
 		MemoryContextSwitchTo(oldcxt);
 	}
 	SPI_finish();
@@ -799,7 +867,7 @@ run_task(PGconn *conn, CopyTask *task)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (task->is_data)
 		rows = copy_data_task(conn, task->relid, task->query, task->columns,
-							  &bytes);
+							  task->binary, &bytes);
 	else
 		copy_spi(task->index_def, 0, NULL, NULL, SPI_OK_UTILITY);
 

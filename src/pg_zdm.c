@@ -30,6 +30,9 @@ int			zdm_poll_interval_ms = 5;
 /* Tables larger than this are copied in ranges by the parallel copy. */
 int			zdm_copy_range_size_kb = 128 * 1024;
 
+/* The parallel copy uses COPY's binary format where the types allow. */
+bool		zdm_copy_binary = true;
+
 void
 _PG_init(void)
 {
@@ -61,6 +64,13 @@ _PG_init(void)
 							128 * 1024, 8, INT_MAX,
 							PGC_SUSET, GUC_UNIT_KB,
 							NULL, NULL, NULL);
+	DefineCustomBoolVariable("zdm.copy_binary",
+							 "Whether the parallel initial copy uses COPY's binary format.",
+							 "Only for tables whose columns have the same types on both sides; the others are copied as text.",
+							 &zdm_copy_binary,
+							 true,
+							 PGC_SUSET, 0,
+							 NULL, NULL, NULL);
 	MarkGUCPrefixReserved("zdm");
 
 	dsn_install_log_filter();

@@ -36,6 +36,7 @@ extern int	zdm_lock_grace_ms;
 extern int	zdm_fence_idle_timeout_ms;
 extern int	zdm_poll_interval_ms;
 extern int	zdm_copy_range_size_kb;
+extern bool zdm_copy_binary;
 
 /* dsn.c */
 extern char *dsn_validate(const char *dsn);

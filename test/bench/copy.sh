@@ -83,13 +83,16 @@ VACUUM ANALYZE;
 SQL
             ;;
         c)
-            sql src "$db" -c "
+            local batch
+            for batch in $(seq 0 9); do
+                sql src "$db" -c "
 DO \$\$ BEGIN
-  FOR i IN 1..5000 LOOP
+  FOR i IN $((batch * 500 + 1))..$((batch * 500 + 500)) LOOP
     EXECUTE format('CREATE TABLE t%s (id int PRIMARY KEY, v text)', i);
     EXECUTE format('INSERT INTO t%s VALUES (1, ''one'')', i);
   END LOOP;
 END \$\$;" >/dev/null
+            done
             sql src "$db" -c "VACUUM ANALYZE" >/dev/null ;;
     esac
     zdm_log "data set $ds: $(sql src "$db" -c "SELECT pg_size_pretty(pg_database_size(current_database()))") on the source"
@@ -168,8 +171,12 @@ main() {
     BENCH_TMP=$(mktemp -d -t pg_zdm.copybench.XXXXXX)
     chown postgres:postgres "$BENCH_TMP"
     ZDM_TMP_DIRS+=("$BENCH_TMP")
-    zdm_cluster_start src auto "max_wal_size = 4GB" "checkpoint_timeout = 30min"
+    # max_locks_per_transaction: data set c has 5,000 tables, which pg_dump
+    # and CREATE SUBSCRIPTION each lock in one transaction
+    zdm_cluster_start src auto "max_wal_size = 4GB" "checkpoint_timeout = 30min" \
+        "max_locks_per_transaction = 256"
     zdm_cluster_start tgt auto "max_wal_size = 4GB" "checkpoint_timeout = 30min" \
+        "max_locks_per_transaction = 256" \
         "max_logical_replication_workers = 8" "wal_receiver_status_interval = 1s"
 
     local ds m

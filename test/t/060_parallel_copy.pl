@@ -40,9 +40,13 @@ CREATE TABLE "Odd Schema"."Mixed ""Name""" (id int PRIMARY KEY, "Val ue" text);
 CREATE INDEX "Odd ""idx""" ON "Odd Schema"."Mixed ""Name""" ("Val ue");
 };
 same_schema_on_both($source, $target, $schema);
+# a column of another type here: copied as text, the others in binary
+$source->safe_psql('app', 'CREATE TABLE conv (id int PRIMARY KEY, n int)');
+$target->safe_psql('app', 'CREATE TABLE conv (id int PRIMARY KEY, n bigint)');
 $source->safe_psql('app', q{
 INSERT INTO big SELECT g, 0, repeat('x', 200) FROM generate_series(1, 60000) g;
 INSERT INTO del SELECT g, 'n' || g FROM generate_series(1, 20000) g;
+INSERT INTO conv SELECT g, g * 7 FROM generate_series(1, 3000) g;
 INSERT INTO "Odd Schema"."Mixed ""Name""" SELECT g, 'v' || g FROM generate_series(1, 1000) g;
 VACUUM ANALYZE;
 });
@@ -54,7 +58,7 @@ sub digest
 	return $node->safe_psql('app',
 		"SELECT count(*) || '|' || coalesce(md5(string_agg(t::text, ',' ORDER BY id)), '') FROM $table t");
 }
-my @tables = ('big', 'ins', 'del', q{"Odd Schema"."Mixed ""Name"""});
+my @tables = ('big', 'ins', 'del', 'conv', q{"Odd Schema"."Mixed ""Name"""});
 
 # pgbench on the source for $secs seconds: each transaction adds 1 to a
 # counter of big, inserts a row and deletes one.
@@ -105,6 +109,10 @@ like($target->safe_psql('app',
 		"SELECT source_query FROM zdm.copy_task WHERE relid = 'big'::regclass AND part = 2"),
 	qr/ctid >= '\(\d+,0\)'::tid AND ctid < '\(\d+,0\)'::tid/,
 	'a middle range of big is a TID range');
+is($target->safe_psql('app',
+		"SELECT string_agg(DISTINCT relid::text || ' ' || copy_format, ',') FROM zdm.copy_task WHERE relid IN ('big'::regclass, 'conv'::regclass)"),
+	'big binary,conv text',
+	'binary COPY where the types match, text where they differ');
 
 ($ret, $stdout, $stderr) = psql_verbose($target, 'app',
 	"CALL zdm.wait_ready('3 min', '1 s');");
@@ -152,7 +160,7 @@ is($target->safe_psql('app', 'SELECT count(*) FROM zdm.copy_task'), '0',
 
 # back to empty tables for the next rounds
 $target->safe_psql('app',
-	'TRUNCATE big, ins, del, "Odd Schema"."Mixed ""Name"""');
+	'TRUNCATE big, ins, del, conv, "Odd Schema"."Mixed ""Name"""');
 $source->safe_psql('app', 'TRUNCATE ins');
 
 # --- 2. a copy that fails --------------------------------------------------
