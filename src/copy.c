@@ -66,6 +66,9 @@
 
 #define COPY_ERROR_LEN		512
 
+/* maintenance_work_mem of a copy worker at least (kB): its index builds. */
+#define COPY_INDEX_MEMORY_KB	262144
+
 /* How often an idle worker looks for work, and a waiting init at workers. */
 #define COPY_POLL_MS		100
 
@@ -206,12 +209,14 @@ add_data_task(int id, const char *table, int part, int parts,
 }
 
 /*
- * Set aside the secondary indexes of table: every index that backs no
- * constraint (primary keys, unique and exclusion constraints and the
- * indexes foreign keys point to stay), is not the replica identity and is
- * not part of a partitioned index.  Each is recorded as an index task with
- * its definition, then dropped, in the caller's transaction: an index is
- * never dropped without its task.  Returns the next free task id.
+ * Set aside the indexes of table that COPY would otherwise maintain row by
+ * row: every index that backs no constraint, and every primary key or
+ * unique constraint that no foreign key points to -- none of them the
+ * replica identity index or part of a partitioned index (those stay, as do
+ * exclusion constraints).  Each is recorded as an index task with the
+ * statement that rebuilds it (CREATE INDEX, or ALTER TABLE ... ADD
+ * CONSTRAINT), then dropped, in the caller's transaction: nothing is
+ * dropped without its task.  Returns the next free task id.
  */
 static int
 set_aside_indexes(int id, const char *table)
@@ -220,8 +225,10 @@ set_aside_indexes(int id, const char *table)
 	Datum		values[1];
 	List	   *names = NIL;
 	List	   *defs = NIL;
+	List	   *drops = NIL;
 	ListCell   *lc1;
 	ListCell   *lc2;
+	ListCell   *lc3;
 	uint64		i;
 	MemoryContext callercxt = CurrentMemoryContext;
 
@@ -229,14 +236,31 @@ set_aside_indexes(int id, const char *table)
 	SPI_connect();
 	if (zdm_spi_execute("SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' "
 						"         OPERATOR(pg_catalog.||) pg_catalog.quote_ident(ic.relname), "
-						"       pg_catalog.pg_get_indexdef(i.indexrelid) "
+						"       CASE WHEN k.oid IS NULL THEN pg_catalog.pg_get_indexdef(i.indexrelid) "
+						"         ELSE pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I %s', "
+						"           i.indrelid::pg_catalog.regclass, k.conname, "
+						"           pg_catalog.pg_get_constraintdef(k.oid)) END, "
+						"       CASE WHEN k.oid IS NULL THEN 'DROP INDEX ' OPERATOR(pg_catalog.||) "
+						"           pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' "
+						"           OPERATOR(pg_catalog.||) pg_catalog.quote_ident(ic.relname) "
+						"         ELSE pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I', "
+						"           i.indrelid::pg_catalog.regclass, k.conname) END "
 						"FROM pg_catalog.pg_index i "
 						"JOIN pg_catalog.pg_class ic ON ic.oid OPERATOR(pg_catalog.=) i.indexrelid "
 						"JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) ic.relnamespace "
+						"LEFT JOIN pg_catalog.pg_constraint k ON k.conindid OPERATOR(pg_catalog.=) i.indexrelid "
+						"  AND k.conrelid OPERATOR(pg_catalog.=) i.indrelid "
 						"WHERE i.indrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass "
-						"  AND NOT i.indisprimary AND NOT i.indisreplident AND i.indisvalid "
-						"  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k "
-						"    WHERE k.conindid OPERATOR(pg_catalog.=) i.indexrelid) "
+						"  AND NOT i.indisreplident AND i.indisvalid "
+						"  AND (k.oid IS NULL OR (k.contype OPERATOR(pg_catalog.=) ANY ('{p,u}') "
+						"       AND k.conparentid OPERATOR(pg_catalog.=) 0 "
+						"       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint f "
+						"         WHERE f.contype OPERATOR(pg_catalog.=) 'f' "
+						"           AND f.conindid OPERATOR(pg_catalog.=) i.indexrelid))) "
+						"  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint o "
+						"    WHERE o.conindid OPERATOR(pg_catalog.=) i.indexrelid "
+						"      AND o.conrelid OPERATOR(pg_catalog.<>) i.indrelid "
+						"      AND o.contype OPERATOR(pg_catalog.<>) 'f') "
 						"  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits h "
 						"    WHERE h.inhrelid OPERATOR(pg_catalog.=) i.indexrelid) "
 						"ORDER BY ic.relname",
@@ -250,11 +274,13 @@ set_aside_indexes(int id, const char *table)
 													SPI_tuptable->tupdesc, 1)));
 		defs = lappend(defs, pstrdup(SPI_getvalue(SPI_tuptable->vals[i],
 												  SPI_tuptable->tupdesc, 2)));
+		drops = lappend(drops, pstrdup(SPI_getvalue(SPI_tuptable->vals[i],
+													SPI_tuptable->tupdesc, 3)));
 		MemoryContextSwitchTo(oldcxt);
 	}
 	SPI_finish();
 
-	forboth(lc1, names, lc2, defs)
+	forthree(lc1, names, lc2, defs, lc3, drops)
 	{
 		Oid			itypes[4] = {INT4OID, TEXTOID, TEXTOID, TEXTOID};
 		Datum		ivalues[4];
@@ -266,8 +292,7 @@ set_aside_indexes(int id, const char *table)
 		copy_spi("INSERT INTO zdm.copy_task (id, kind, relid, index_name, index_def) "
 				 "VALUES ($1, 'index', $2::pg_catalog.regclass, $3, $4)",
 				 4, itypes, ivalues, SPI_OK_INSERT);
-		copy_spi(psprintf("DROP INDEX %s", (char *) lfirst(lc1)),
-				 0, NULL, NULL, SPI_OK_UTILITY);
+		copy_spi((char *) lfirst(lc3), 0, NULL, NULL, SPI_OK_UTILITY);
 	}
 	return id;
 }
@@ -1132,6 +1157,10 @@ zdm_copy_worker_main(Datum main_arg)
 	SetConfigOption("session_replication_role", "replica", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION);
 	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	/* index builds after the data: sort in memory where the server allows */
+	if (maintenance_work_mem < COPY_INDEX_MEMORY_KB)
+		SetConfigOption("maintenance_work_mem", CppAsString2(COPY_INDEX_MEMORY_KB),
+						PGC_SUSET, PGC_S_SESSION);
 	pgstat_report_appname("pg_zdm copy");
 
 	cxt = AllocSetContextCreate(TopMemoryContext, "pg_zdm copy task",

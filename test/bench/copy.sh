@@ -139,6 +139,7 @@ run_method() {
         sql tgt "$db" -c "CALL zdm.init('$dsn', copy_method => '$method', copy_jobs => 2)" \
             -c "CALL zdm.wait_ready(NULL, '10 s')" 2>&1 | sed 's/^/    /'
         t1=$(now)
+        sql tgt "$db" -c "SELECT '    ' || value FROM zdm.status() WHERE metric = 'parallel_copy'"
     fi
     kill "$sampler" 2>/dev/null || true
     wait "$sampler" 2>/dev/null || true

@@ -35,6 +35,8 @@ CREATE TABLE big (id int PRIMARY KEY, v bigint NOT NULL, pad text);
 CREATE INDEX big_v ON big (v);
 CREATE TABLE ins (id bigserial PRIMARY KEY, x int NOT NULL, at timestamptz DEFAULT now());
 CREATE TABLE del (id int PRIMARY KEY, note text);
+CREATE TABLE logtab (id int NOT NULL, msg text);
+ALTER TABLE logtab REPLICA IDENTITY FULL;
 CREATE SCHEMA "Odd Schema";
 CREATE TABLE "Odd Schema"."Mixed ""Name""" (id int PRIMARY KEY, "Val ue" text);
 CREATE INDEX "Odd ""idx""" ON "Odd Schema"."Mixed ""Name""" ("Val ue");
@@ -47,6 +49,7 @@ $source->safe_psql('app', q{
 INSERT INTO big SELECT g, 0, repeat('x', 200) FROM generate_series(1, 60000) g;
 INSERT INTO del SELECT g, 'n' || g FROM generate_series(1, 20000) g;
 INSERT INTO conv SELECT g, g * 7 FROM generate_series(1, 3000) g;
+INSERT INTO logtab SELECT g, 'm' || g FROM generate_series(1, 5000) g;
 INSERT INTO "Odd Schema"."Mixed ""Name""" SELECT g, 'v' || g FROM generate_series(1, 1000) g;
 VACUUM ANALYZE;
 });
@@ -58,7 +61,7 @@ sub digest
 	return $node->safe_psql('app',
 		"SELECT count(*) || '|' || coalesce(md5(string_agg(t::text, ',' ORDER BY id)), '') FROM $table t");
 }
-my @tables = ('big', 'ins', 'del', 'conv', q{"Odd Schema"."Mixed ""Name"""});
+my @tables = ('big', 'ins', 'del', 'conv', 'logtab', q{"Odd Schema"."Mixed ""Name"""});
 
 # pgbench on the source for $secs seconds: each transaction adds 1 to a
 # counter of big, inserts a row and deletes one.
@@ -103,8 +106,11 @@ cmp_ok($target->safe_psql('app',
 	'>', 1, 'big is split into ranges');
 is($target->safe_psql('app',
 		"SELECT string_agg(index_name, ',' ORDER BY index_name) FROM zdm.copy_task WHERE kind = 'index'"),
-	q{"Odd Schema"."Odd ""idx""",public.big_v},
-	'the secondary indexes are set aside, primary keys stay');
+	q{"Odd Schema"."Mixed ""Name""_pkey","Odd Schema"."Odd ""idx""",public.big_pkey,public.big_v,public.conv_pkey,public.del_pkey,public.ins_pkey},
+	'secondary indexes and primary keys are set aside');
+is($target->safe_psql('app',
+		"SELECT count(*) FROM pg_index WHERE indrelid IN ('big'::regclass, 'del'::regclass)"),
+	'0', 'big and del have no index while they are copied');
 like($target->safe_psql('app',
 		"SELECT source_query FROM zdm.copy_task WHERE relid = 'big'::regclass AND part = 2"),
 	qr/ctid >= '\(\d+,0\)'::tid AND ctid < '\(\d+,0\)'::tid/,
@@ -129,6 +135,12 @@ is($target->safe_psql('app', q{
 SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
 WHERE c.relname IN ('big_v', 'Odd "idx"') AND i.indisvalid}), '2',
 	'both indexes set aside are rebuilt and valid');
+is($target->safe_psql('app', q{
+SELECT count(*) FROM pg_constraint k JOIN pg_index i ON i.indexrelid = k.conindid
+WHERE k.contype = 'p' AND i.indisvalid
+  AND k.conrelid IN ('big'::regclass, 'ins'::regclass, 'del'::regclass, 'conv'::regclass,
+                     '"Odd Schema"."Mixed ""Name"""'::regclass)}), '5',
+	'every primary key is back');
 is($target->safe_psql('app',
 		"SELECT string_agg(DISTINCT state, ',') FROM zdm.tables()"),
 	'ready', 'zdm.tables() shows every table ready');
@@ -160,7 +172,7 @@ is($target->safe_psql('app', 'SELECT count(*) FROM zdm.copy_task'), '0',
 
 # back to empty tables for the next rounds
 $target->safe_psql('app',
-	'TRUNCATE big, ins, del, conv, "Odd Schema"."Mixed ""Name"""');
+	'TRUNCATE big, ins, del, conv, logtab, "Odd Schema"."Mixed ""Name"""');
 $source->safe_psql('app', 'TRUNCATE ins');
 
 # --- 2. a copy that fails --------------------------------------------------
@@ -182,27 +194,28 @@ is($target->safe_psql('app',
 		'SELECT (SELECT count(*) FROM big) + (SELECT count(*) FROM del) + (SELECT count(*) FROM ins)'),
 	'0', 'the tables are empty again');
 is($target->safe_psql('app',
-		q{SELECT count(*) FROM pg_class WHERE relname IN ('big_v', 'Odd "idx"') AND relkind = 'i'}),
-	'2', 'the indexes set aside are back');
+		q{SELECT count(*) FROM pg_class WHERE relname IN ('big_v', 'Odd "idx"', 'big_pkey', 'del_pkey', 'ins_pkey', 'conv_pkey', 'Mixed "Name"_pkey') AND relkind = 'i'}),
+	'7', 'the indexes and primary keys set aside are back');
 $target->safe_psql('app', 'ALTER TABLE del DROP CONSTRAINT del_small');
 
 # --- 3. abort in the middle of the copy ------------------------------------
-# A session here holds a lock on del that lets readers (init) through but
-# not writers: the worker copying del waits for it.
+# A session here holds a lock on logtab (which has no index to set aside)
+# that lets readers (init) through but not writers: the worker copying
+# logtab waits for it.
 my $locker = background_sql($target, 'app',
-	'BEGIN; LOCK del IN SHARE MODE; SELECT pg_sleep(600); COMMIT;');
+	'BEGIN; LOCK logtab IN SHARE MODE; SELECT pg_sleep(600); COMMIT;');
 ok($target->poll_query_until('app',
-		"SELECT count(*) > 0 FROM pg_locks WHERE relation = 'del'::regclass AND mode = 'ShareLock' AND granted"),
-	'a session locks del here');
+		"SELECT count(*) > 0 FROM pg_locks WHERE relation = 'logtab'::regclass AND mode = 'ShareLock' AND granted"),
+	'a session locks logtab here');
 ($ret, $stdout, $stderr) = psql_verbose($target, 'app',
 	"CALL zdm.init('$dsn', copy_method => 'parallel', copy_jobs => 2);");
 is($ret, 0, 'init starts the copy') or diag $stderr;
 ok($target->poll_query_until('app',
-		"SELECT count(*) > 0 FROM zdm.copy_task WHERE state = 'running' AND relid = 'del'::regclass"),
-	'a worker is copying del');
+		"SELECT count(*) > 0 FROM zdm.copy_task WHERE state = 'running' AND relid = 'logtab'::regclass"),
+	'a worker is copying logtab');
 like(status_of($target, 'copy', 'parallel_copy'), qr/^copying: .*ETA .*\|false$/,
 	'status shows the copy in progress with an ETA');
-# abort stops the workers, then waits for the lock to empty del
+# abort stops the workers, then waits for the lock to empty logtab
 my $abort = background_sql($target, 'app', 'CALL zdm.abort()');
 ok($target->poll_query_until('app',
 		q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'pg_zdm copy'}),
@@ -217,10 +230,10 @@ is($target->safe_psql('app',
 	'0', 'no copy worker is left');
 is(migration_leftovers($target, $source), '', 'nothing left on either side');
 is($target->safe_psql('app',
-		'SELECT (SELECT count(*) FROM big) + (SELECT count(*) FROM del) + (SELECT count(*) FROM "Odd Schema"."Mixed ""Name""")'),
+		'SELECT (SELECT count(*) FROM big) + (SELECT count(*) FROM del) + (SELECT count(*) FROM logtab) + (SELECT count(*) FROM "Odd Schema"."Mixed ""Name""")'),
 	'0', 'the tables are empty again');
 is($target->safe_psql('app',
-		q{SELECT count(*) FROM pg_class WHERE relname IN ('big_v', 'Odd "idx"') AND relkind = 'i'}),
-	'2', 'the indexes set aside are back');
+		q{SELECT count(*) FROM pg_class WHERE relname IN ('big_v', 'Odd "idx"', 'big_pkey', 'del_pkey', 'ins_pkey', 'conv_pkey', 'Mixed "Name"_pkey') AND relkind = 'i'}),
+	'7', 'the indexes and primary keys set aside are back');
 
 done_testing();
