@@ -24,8 +24,10 @@ SELECT on_both('CREATE TABLE pc_items (id int PRIMARY KEY, v text)');
 SELECT on_both('CREATE INDEX pc_items_v ON pc_items (v)');
 SELECT on_source($$INSERT INTO pc_items SELECT g, 'v' || g FROM generate_series(1, 5000) g$$);
 SET zdm.copy_range_size = '64kB';
+SET zdm.copy_index_set_aside_size = 0;
 CALL zdm.init(source_dsn(), copy_method => 'parallel', copy_jobs => 2);
 RESET zdm.copy_range_size;
+RESET zdm.copy_index_set_aside_size;
 CALL zdm.wait_ready('2 min', '1 h');
 SELECT count(*), sum(id) FROM pc_items;
 SELECT kind, count(*) > 1 AS several, string_agg(DISTINCT state, ',') AS states

@@ -500,8 +500,11 @@ copy_plan(PGconn *conn, int jobs, const char *consistent_lsn)
 
 	for (row = 0; row < tables->ntuples; row++)
 		id = plan_table(conn, id, tables, row, range_bytes);
+	/* a small table's indexes cost less kept than rebuilt as extra tasks */
 	for (row = 0; row < tables->ntuples; row++)
-		id = set_aside_indexes(id, remote_value(tables, row, 0));
+		if (strtoi64(remote_value(tables, row, 1), NULL, 10) >=
+			(int64) zdm_copy_set_aside_size_kb * 1024)
+			id = set_aside_indexes(id, remote_value(tables, row, 0));
 
 	values[0] = Int32GetDatum(jobs);
 	values[1] = CStringGetTextDatum(consistent_lsn);

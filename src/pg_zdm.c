@@ -33,6 +33,9 @@ int			zdm_copy_range_size_kb = 128 * 1024;
 /* The parallel copy uses COPY's binary format where the types allow. */
 bool		zdm_copy_binary = true;
 
+/* The parallel copy rebuilds the indexes of tables from this size after the data. */
+int			zdm_copy_set_aside_size_kb = 1024;
+
 void
 _PG_init(void)
 {
@@ -71,6 +74,13 @@ _PG_init(void)
 							 true,
 							 PGC_SUSET, 0,
 							 NULL, NULL, NULL);
+	DefineCustomIntVariable("zdm.copy_index_set_aside_size",
+							"Size from which the parallel initial copy builds a table's indexes after its data.",
+							"Smaller tables keep their indexes during the copy.",
+							&zdm_copy_set_aside_size_kb,
+							1024, 0, INT_MAX,
+							PGC_SUSET, GUC_UNIT_KB,
+							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("zdm");
 
 	dsn_install_log_filter();

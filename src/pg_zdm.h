@@ -37,6 +37,7 @@ extern int	zdm_fence_idle_timeout_ms;
 extern int	zdm_poll_interval_ms;
 extern int	zdm_copy_range_size_kb;
 extern bool zdm_copy_binary;
+extern int	zdm_copy_set_aside_size_kb;
 
 /* dsn.c */
 extern char *dsn_validate(const char *dsn);

@@ -95,7 +95,7 @@ my $writes = start_writes(12);
 sleep 2;
 
 my ($ret, $stdout, $stderr) = psql_verbose($target, 'app',
-	"SET zdm.copy_range_size = '2MB';\n"
+	"SET zdm.copy_range_size = '2MB'; SET zdm.copy_index_set_aside_size = 0;\n"
 	  . "CALL zdm.init('$dsn', copy_method => 'parallel', copy_jobs => 2);");
 is($ret, 0, 'init with the parallel copy succeeds') or diag $stderr;
 like($stderr, qr/parallel initial copy runs in 2 background workers/,
@@ -178,7 +178,7 @@ $source->safe_psql('app', 'TRUNCATE ins');
 # --- 2. a copy that fails --------------------------------------------------
 $target->safe_psql('app', 'ALTER TABLE del ADD CONSTRAINT del_small CHECK (id < 15000)');
 ($ret, $stdout, $stderr) = psql_verbose($target, 'app',
-	"CALL zdm.init('$dsn', copy_method => 'parallel', copy_jobs => 2);");
+	"SET zdm.copy_index_set_aside_size = 0;\n" . "CALL zdm.init('$dsn', copy_method => 'parallel', copy_jobs => 2);");
 is($ret, 0, 'init starts a copy that will fail') or diag $stderr;
 ($ret, $stdout, $stderr) = psql_verbose($target, 'app',
 	"CALL zdm.wait_ready('2 min', '1 s');");
@@ -208,7 +208,7 @@ ok($target->poll_query_until('app',
 		"SELECT count(*) > 0 FROM pg_locks WHERE relation = 'logtab'::regclass AND mode = 'ShareLock' AND granted"),
 	'a session locks logtab here');
 ($ret, $stdout, $stderr) = psql_verbose($target, 'app',
-	"CALL zdm.init('$dsn', copy_method => 'parallel', copy_jobs => 2);");
+	"SET zdm.copy_index_set_aside_size = 0;\n" . "CALL zdm.init('$dsn', copy_method => 'parallel', copy_jobs => 2);");
 is($ret, 0, 'init starts the copy') or diag $stderr;
 ok($target->poll_query_until('app',
 		"SELECT count(*) > 0 FROM zdm.copy_task WHERE state = 'running' AND relid = 'logtab'::regclass"),
