@@ -9,8 +9,9 @@
  * snapshot it exported stays importable only while it does.  Init then
  * plans the copy into zdm.copy_task (one task per table, or per range of a
  * large table: TID ranges from source 14, ranges of an integer primary key
- * before; one task per secondary index it sets aside, dropped here and
- * rebuilt after the data), creates the subscription disabled with
+ * before; binary COPY where the column types match; one task per index or
+ * primary key / unique constraint it sets aside, dropped here and rebuilt
+ * after the data), creates the subscription disabled with
  * copy_data = false, and starts copy_jobs background workers.  Each worker
  * opens a REPEATABLE READ transaction on the source and imports the
  * snapshot; once all have, init commits, lets them go and closes the

@@ -11,6 +11,11 @@
  * terminated at any point, whatever it created on the source is removed
  * again; what it created here goes with the aborted transaction.
  *
+ * With copy_method 'parallel' the slot is created through a replication
+ * connection that exports its snapshot, and the copy is planned and its
+ * workers started (copy.c) before init commits; a failure before the commit
+ * also sends the waiting workers away.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

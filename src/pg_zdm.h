@@ -7,7 +7,8 @@
  * The files split by responsibility: dsn.c (connection strings and keeping
  * the password out of every message), remote.c (interruptible libpq),
  * state.c (the migration row and the event log), checks.c, init.c,
- * status.c, abort.c, subscription.c (the local subscription), source.c
+ * status.c, abort.c, copy.c and copy_status.c (the parallel initial copy),
+ * subscription.c (the local subscription), source.c
  * (removing the migration's objects from the source), cutover.c
  * (the caller side of zdm.cutover), worker.c (the background worker that
  * runs it), fence.c (blocking writes on the source) and sequences.c.
