@@ -14,6 +14,8 @@
 #    tables empty again, the index set aside rebuilt.
 # 3. zdm.abort() while the copy workers are copying: they are stopped, and
 #    again nothing is left.
+# 4. The target restarts in the middle of the copy: zdm.status() and
+#    zdm.wait_ready() say it was interrupted; zdm.abort() leaves nothing.
 # There is no resume: after a failure or an interruption, abort and init.
 
 use strict;
@@ -235,5 +237,37 @@ is($target->safe_psql('app',
 is($target->safe_psql('app',
 		q{SELECT count(*) FROM pg_class WHERE relname IN ('big_v', 'Odd "idx"', 'big_pkey', 'del_pkey', 'ins_pkey', 'conv_pkey', 'Mixed "Name"_pkey') AND relkind = 'i'}),
 	'7', 'the indexes and primary keys set aside are back');
+
+# --- 4. a restart of the target in the middle of the copy ------------------
+$locker = background_sql($target, 'app',
+	'BEGIN; LOCK logtab IN SHARE MODE; SELECT pg_sleep(600); COMMIT;');
+ok($target->poll_query_until('app',
+		"SELECT count(*) > 0 FROM pg_locks WHERE relation = 'logtab'::regclass AND mode = 'ShareLock' AND granted"),
+	'a session locks logtab here again');
+($ret, $stdout, $stderr) = psql_verbose($target, 'app',
+	"SET zdm.copy_index_set_aside_size = 0;\n"
+	  . "CALL zdm.init('$dsn', copy_method => 'parallel', copy_jobs => 2);");
+is($ret, 0, 'init starts the copy once more') or diag $stderr;
+ok($target->poll_query_until('app',
+		"SELECT count(*) > 0 FROM zdm.copy_task WHERE state = 'running' AND relid = 'logtab'::regclass"),
+	'a worker is copying logtab again');
+$target->stop('immediate');
+finish_background_sql($locker);
+$target->start;
+like(status_of($target, 'copy', 'parallel_copy'), qr/^interrupted: .*\|false$/,
+	'after the restart, status says the copy was interrupted');
+($ret, $stdout, $stderr) = psql_verbose($target, 'app',
+	"CALL zdm.wait_ready('1 min', '1 s');");
+like($stderr, qr/ERROR:  55000: the initial copy failed or was interrupted/,
+	'wait_ready stops at once on the interrupted copy');
+($ret, $stdout, $stderr) = psql_verbose($target, 'app', 'CALL zdm.abort()');
+is($ret, 0, 'abort after the restart') or diag $stderr;
+is(migration_leftovers($target, $source), '', 'nothing left on either side after the restart');
+is($target->safe_psql('app',
+		'SELECT (SELECT count(*) FROM big) + (SELECT count(*) FROM del) + (SELECT count(*) FROM logtab) + (SELECT count(*) FROM conv)'),
+	'0', 'the tables are empty again after the restart');
+is($target->safe_psql('app',
+		q{SELECT count(*) FROM pg_class WHERE relname IN ('big_v', 'Odd "idx"', 'big_pkey', 'del_pkey', 'ins_pkey', 'conv_pkey', 'Mixed "Name"_pkey') AND relkind = 'i'}),
+	'7', 'the indexes and primary keys set aside are back after the restart');
 
 done_testing();
