@@ -16,6 +16,8 @@
 #    again nothing is left.
 # 4. The target restarts in the middle of the copy: zdm.status() and
 #    zdm.wait_ready() say it was interrupted; zdm.abort() leaves nothing.
+# 5. CALL zdm.init cancelled while the source creates the slot (waiting for
+#    a write transaction): nothing is left on either side.
 # There is no resume: after a failure or an interruption, abort and init.
 
 use strict;
@@ -269,5 +271,29 @@ is($target->safe_psql('app',
 is($target->safe_psql('app',
 		q{SELECT count(*) FROM pg_class WHERE relname IN ('big_v', 'Odd "idx"', 'big_pkey', 'del_pkey', 'ins_pkey', 'conv_pkey', 'Mixed "Name"_pkey') AND relkind = 'i'}),
 	'7', 'the indexes and primary keys set aside are back after the restart');
+
+# --- 5. init cancelled while the source creates the slot --------------------
+# A write transaction open on the source: creating the slot waits for it.
+my $holder = background_sql($source, 'app',
+	'BEGIN; INSERT INTO ins (x) VALUES (-1); SELECT pg_sleep(600); COMMIT;');
+ok($source->poll_query_until('app',
+		"SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND query LIKE '%pg_sleep(600)%'"),
+	'a transaction holds an xid on the source');
+my $init = background_sql($target, 'app',
+	"CALL zdm.init('$dsn', copy_method => 'parallel', copy_jobs => 2);");
+ok($source->poll_query_until('app',
+		"SELECT count(*) > 0 FROM pg_stat_activity WHERE query LIKE 'CREATE_REPLICATION_SLOT%' AND state = 'active'"),
+	'init waits for the slot');
+$target->safe_psql('app',
+	"SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE 'CALL zdm.init%' AND pid <> pg_backend_pid()");
+($ret, $stdout, $stderr) = finish_background_sql($init);
+like($stderr, qr/ERROR:  57014/, 'init is cancelled');
+$source->safe_psql('app',
+	"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(600)%' AND pid <> pg_backend_pid()");
+finish_background_sql($holder);
+is(migration_leftovers($target, $source), '', 'a cancelled init leaves nothing on either side');
+is($target->safe_psql('app',
+		q{SELECT (SELECT count(*) FROM zdm.copy_task) + (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_zdm copy')}),
+	'0', 'no copy task and no copy worker');
 
 done_testing();
