@@ -44,10 +44,57 @@ CREATE TABLE zdm.event_log (
 COMMENT ON TABLE zdm.event_log IS
     'what pg_zdm did and when: init, copy, cutover steps, failures, abort (never contains the password)';
 
-REVOKE ALL ON zdm.migration, zdm.event_log FROM PUBLIC;
+/*
+ * The parallel initial copy (copy_method => 'parallel'): one row per unit of
+ * work.  A 'data' task copies one table, or one range of a large table, from
+ * the snapshot the slot exported; an 'index' task rebuilds a secondary index
+ * that init set aside (dropped here, its definition kept in index_def) once
+ * every data task of its table is done.  An index set aside is always either
+ * rebuilt by its task or rebuilt by zdm.abort(), and until then it is listed
+ * here.  copy_run holds the state of the copy as a whole.
+ */
+CREATE TABLE zdm.copy_run (
+    id              integer PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    jobs            integer NOT NULL,
+    consistent_lsn  pg_catalog.pg_lsn NOT NULL,
+    state           text NOT NULL CHECK (state IN ('copying', 'done', 'failed')),
+    started_at      timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    finished_at     timestamptz,
+    error           text
+);
+COMMENT ON TABLE zdm.copy_run IS
+    'the parallel initial copy as a whole: copying, done (subscription enabled) or failed';
+
+CREATE TABLE zdm.copy_task (
+    id              integer PRIMARY KEY,
+    kind            text NOT NULL CHECK (kind IN ('data', 'index')),
+    relid           pg_catalog.regclass NOT NULL,
+    part            integer NOT NULL DEFAULT 1,
+    parts           integer NOT NULL DEFAULT 1,
+    source_query    text,
+    target_columns  text,
+    copy_format     text CHECK (copy_format IN ('text', 'binary')),
+    index_name      name,
+    index_def       text,
+    est_rows        double precision NOT NULL DEFAULT 0,
+    est_bytes       bigint NOT NULL DEFAULT 0,
+    state           text NOT NULL DEFAULT 'pending'
+        CHECK (state IN ('pending', 'running', 'done', 'failed')),
+    worker_pid      integer,
+    started_at      timestamptz,
+    finished_at     timestamptz,
+    rows_copied     bigint,
+    bytes_copied    bigint,
+    error           text
+);
+COMMENT ON TABLE zdm.copy_task IS
+    'the units of work of the parallel initial copy: table ranges to copy, secondary indexes set aside to rebuild';
+
+REVOKE ALL ON zdm.migration, zdm.event_log, zdm.copy_run, zdm.copy_task FROM PUBLIC;
 
 /*
- * zdm.check: every preflight check as a row, changing nothing on either side.
+ * zdm.check: every preflight check as a row, changing nothing on either side
+ * (with copy_method 'parallel' also those of the parallel copy).
  * ok is false for a failed check; blocking says whether zdm.init refuses
  * because of it (the others are warnings worth reading).  detail names at
  * most 10 objects; objects lists every affected object, each one's quoted
@@ -57,6 +104,8 @@ REVOKE ALL ON zdm.migration, zdm.event_log FROM PUBLIC;
 CREATE FUNCTION zdm.check(source_dsn text,
                           ignore_missing boolean DEFAULT false,
                           defer_copy boolean DEFAULT false,
+                          copy_method text DEFAULT 'native',
+                          copy_jobs integer DEFAULT 2,
                           OUT name text,
                           OUT ok boolean,
                           OUT detail text,
@@ -66,23 +115,30 @@ CREATE FUNCTION zdm.check(source_dsn text,
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'zdm_check'
 LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION zdm.check(text, boolean, boolean) IS
+COMMENT ON FUNCTION zdm.check(text, boolean, boolean, text, integer) IS
     'run every preflight check against the source and this target; changes nothing';
 
 /*
  * zdm.init: run the checks, then create publication zdm_pub and a logical
  * slot on the source and subscription zdm_sub here.  ignore_missing publishes
  * only the source tables that exist on this target; defer_copy creates the
- * subscription with copy_data = false.  Must be called outside a transaction
+ * subscription with copy_data = false.  copy_method 'native' leaves the
+ * initial copy to PostgreSQL's table synchronization workers; 'parallel'
+ * creates the slot with an exported snapshot, copies the tables (large ones
+ * in ranges) with copy_jobs background workers from that snapshot, rebuilds
+ * secondary indexes afterwards, and only then enables the subscription
+ * (copy_data = false) at the slot's start.  Must be called outside a transaction
  * block (it commits, and the slot must be created while this session holds
  * no transaction id).  On failure everything it made is removed again.
  */
 CREATE PROCEDURE zdm.init(source_dsn text,
                           ignore_missing boolean DEFAULT false,
-                          defer_copy boolean DEFAULT false)
+                          defer_copy boolean DEFAULT false,
+                          copy_method text DEFAULT 'native',
+                          copy_jobs integer DEFAULT 2)
 AS 'MODULE_PATHNAME', 'zdm_init'
 LANGUAGE C;
-COMMENT ON PROCEDURE zdm.init(text, boolean, boolean) IS
+COMMENT ON PROCEDURE zdm.init(text, boolean, boolean, text, integer) IS
     'check the source, then create publication, slot and subscription';
 
 /*
@@ -105,13 +161,18 @@ COMMENT ON FUNCTION zdm.status() IS
 /*
  * zdm.tables: per published table, its initial copy state (init, copying,
  * synchronized, ready), its size on this target, and the bytes copied so far
- * while it is being copied.
+ * while it is being copied.  With the parallel copy also the rate (bytes of
+ * table data per second), the estimated time left for its data, and how many
+ * of its secondary indexes are still to be rebuilt.
  */
 CREATE FUNCTION zdm.tables(OUT schema_name name,
                            OUT table_name name,
                            OUT state text,
                            OUT size_bytes bigint,
-                           OUT copied_bytes bigint)
+                           OUT copied_bytes bigint,
+                           OUT copy_rate bigint,
+                           OUT copy_eta interval,
+                           OUT indexes_pending integer)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'zdm_tables'
 LANGUAGE C VOLATILE;
@@ -168,10 +229,81 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION zdm.verify(regclass[]) IS
     'compare the rows of the source and this target per table, naming the keys that differ';
 
-REVOKE ALL ON FUNCTION zdm.check(text, boolean, boolean) FROM PUBLIC;
-REVOKE ALL ON PROCEDURE zdm.init(text, boolean, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION zdm.check(text, boolean, boolean, text, integer) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE zdm.init(text, boolean, boolean, text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION zdm.status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION zdm.tables() FROM PUBLIC;
 REVOKE ALL ON PROCEDURE zdm.cutover(interval, bigint) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE zdm.abort() FROM PUBLIC;
 REVOKE ALL ON FUNCTION zdm.verify(regclass[]) FROM PUBLIC;
+
+/*
+ * zdm.wait_ready: wait until zdm.status() says the target is ready for
+ * cutover, printing a NOTICE with the copy's progress every notice_every.
+ * Fails with SQLSTATE 57014 after timeout (NULL: wait for ever), and at once
+ * with 55000 when the parallel copy failed or was interrupted.  Commits between its looks (it holds no
+ * snapshot while it sleeps): call it on its own, not inside BEGIN.
+ */
+CREATE PROCEDURE zdm.wait_ready(timeout interval DEFAULT NULL,
+                                notice_every interval DEFAULT '5 s')
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    deadline    timestamptz := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) timeout;
+    next_notice timestamptz := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) notice_every;
+    ready       boolean;
+    overall     text;
+    copy        text;
+    failed      text;
+    seen_interrupted boolean := false;
+BEGIN
+    LOOP
+        SELECT pg_catalog.bool_or(s.ok) FILTER (WHERE s.component OPERATOR(pg_catalog.=) 'overall'),
+               pg_catalog.max(s.value) FILTER (WHERE s.component OPERATOR(pg_catalog.=) 'overall'),
+               pg_catalog.string_agg(s.metric OPERATOR(pg_catalog.||) ': ' OPERATOR(pg_catalog.||) s.value, '; ')
+                   FILTER (WHERE s.component OPERATOR(pg_catalog.=) 'copy' AND NOT s.ok),
+               pg_catalog.max(s.value) FILTER (WHERE s.metric OPERATOR(pg_catalog.=) 'parallel_copy'
+                                               AND (s.value OPERATOR(pg_catalog.~~) 'failed%'
+                                                    OR s.value OPERATOR(pg_catalog.~~) 'interrupted%'))
+          INTO ready, overall, copy, failed
+          FROM zdm.status() s;
+        IF ready THEN
+            RAISE NOTICE 'ready for cutover';
+            RETURN;
+        END IF;
+        -- interrupted (no copy worker left, copy not done) is seen once
+        -- also in the moment a failing worker has recorded its failure but
+        -- this statement's snapshot predates it: believe it the second time
+        IF failed OPERATOR(pg_catalog.~~) 'interrupted%' AND NOT seen_interrupted THEN
+            seen_interrupted := true;
+            failed := NULL;
+        END IF;
+        IF failed IS NOT NULL THEN
+            RAISE EXCEPTION 'the initial copy failed or was interrupted'
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = failed,
+                      HINT = 'Run CALL zdm.abort(), fix the cause, and run zdm.init again.';
+        END IF;
+        IF overall IS NULL OR overall OPERATOR(pg_catalog.~~) 'no migration%' THEN
+            RAISE EXCEPTION 'there is no migration to wait for'
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'Start one with CALL zdm.init(source_dsn).';
+        END IF;
+        IF pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>=) deadline THEN
+            RAISE EXCEPTION 'the target did not become ready within %', timeout
+                USING ERRCODE = 'query_canceled',
+                      DETAIL = coalesce(copy, 'The copy is done; replication is catching up.'),
+                      HINT = 'See SELECT * FROM zdm.status() and zdm.tables(); call zdm.wait_ready again to keep waiting.';
+        END IF;
+        IF pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>=) next_notice THEN
+            RAISE NOTICE 'not ready yet: %', coalesce(copy, 'copy done, replication catching up');
+            next_notice := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) notice_every;
+        END IF;
+        COMMIT;
+        PERFORM pg_catalog.pg_sleep(0.5);
+    END LOOP;
+END
+$$;
+COMMENT ON PROCEDURE zdm.wait_ready(interval, interval) IS
+    'wait until the target is ready for cutover, with NOTICE progress';
+REVOKE ALL ON PROCEDURE zdm.wait_ready(interval, interval) FROM PUBLIC;

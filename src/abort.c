@@ -108,6 +108,7 @@ zdm_abort(PG_FUNCTION_ARGS)
 		{
 			Oid			subid = subscription_oid();
 
+			copy_undo();
 			subscription_drop();
 			state_delete();
 			SPI_commit();

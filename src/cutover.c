@@ -153,6 +153,12 @@ check_preconditions(void)
 		elog(ERROR, "could not read the subscription's tables");
 	if (SPI_processed > 0)
 		refuse_unfinished_copy();
+	/* the parallel copy enables the subscription only once it is done */
+	if (zdm_spi_execute("SELECT 1 FROM zdm.copy_run WHERE state <> 'done'",
+						0, NULL, NULL, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the state of the copy");
+	if (SPI_processed > 0)
+		refuse_unfinished_copy();
 	SPI_finish();
 
 	if (!migration_lock_try())

@@ -11,6 +11,11 @@
  * terminated at any point, whatever it created on the source is removed
  * again; what it created here goes with the aborted transaction.
  *
+ * With copy_method 'parallel' the slot is created through a replication
+ * connection that exports its snapshot, and the copy is planned and its
+ * workers started (copy.c) before init commits; a failure before the commit
+ * also sends the waiting workers away.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -42,6 +47,7 @@ typedef struct InitProgress
 	bool		publication_created;
 	bool		slot_requested;	/* slot creation sent (may be in flight) */
 	int			remote_pid;		/* the source backend creating the slot */
+	CopyLaunch *launch;			/* parallel copy workers waiting to start */
 } InitProgress;
 
 /*
@@ -68,9 +74,12 @@ dsn_argument(FunctionCallInfo fcinfo)
 						text_to_cstring(PG_GETARG_TEXT_PP(0)));
 }
 
+static int	copy_jobs_argument(FunctionCallInfo fcinfo, bool defer_copy);
+
 /*
- * zdm.check(source_dsn, ignore_missing, defer_copy): every check as a row.
- * A source that cannot be reached is a failed 'connection' row, not an error.
+ * zdm.check(source_dsn, ignore_missing, defer_copy, copy_method, copy_jobs):
+ * every check as a row.  A source that cannot be reached is a failed
+ * 'connection' row, not an error.
  */
 Datum
 zdm_check(PG_FUNCTION_ARGS)
@@ -78,6 +87,7 @@ zdm_check(PG_FUNCTION_ARGS)
 	char	   *dsn = dsn_argument(fcinfo);
 	bool		ignore_missing = bool_argument(fcinfo, 1, "ignore_missing");
 	bool		defer_copy = bool_argument(fcinfo, 2, "defer_copy");
+	int			copy_jobs = copy_jobs_argument(fcinfo, defer_copy);
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	List	   *checks = NIL;
 	List	   *published;
@@ -105,6 +115,8 @@ zdm_check(PG_FUNCTION_ARGS)
 		checks = list_concat(checks, run_checks(conn, ignore_missing,
 												defer_copy, &published,
 												&explicit_list));
+		if (copy_jobs > 0 && PQserverVersion(conn) >= ZDM_MIN_SOURCE_VERSION_NUM)
+			checks = list_concat(checks, copy_checks(conn, copy_jobs));
 		remote_disconnect(conn);
 	}
 
@@ -150,6 +162,8 @@ init_cleanup(int code, Datum arg)
 	bool		slot_dropped = true;
 	bool		publication_dropped = true;
 
+	copy_cancel(progress->launch);
+	progress->launch = NULL;
 	if (!progress->publication_created && !progress->slot_requested)
 		return;
 
@@ -267,11 +281,64 @@ refuse_existing_migration(void)
 }
 
 /*
+ * The parallel copy's part of init, once the publication exists and no
+ * local transaction id is held: the slot through a replication connection,
+ * exporting its snapshot; the copy planned (copy.c); the subscription,
+ * disabled until the copy is done; the copy workers started, each with the
+ * snapshot imported.  Then everything is committed, the workers are let go
+ * and the replication connection (whose snapshot they hold now) is closed.
+ */
+static void
+create_migration_parallel(PGconn *conn, InitProgress *progress,
+						  bool ignore_missing, List *published, int copy_jobs)
+{
+	PGconn	   *repl;
+	RemoteResult *slot;
+	char	   *consistent_lsn;
+	char	   *snapshot;
+	int			ntables;
+
+	repl = remote_connect_replication(progress->dsn, "to create the replication slot");
+	progress->remote_pid = PQbackendPID(repl);
+	progress->slot_requested = true;
+	remote_send(repl,
+				psprintf("CREATE_REPLICATION_SLOT %s LOGICAL pgoutput EXPORT_SNAPSHOT",
+						 quote_identifier(progress->slot_name)),
+				"creating the replication slot");
+	slot = remote_receive(repl, "creating the replication slot");
+	if (slot->ntuples != 1 || slot->nfields < 3 || remote_value(slot, 0, 2) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("the source did not export a snapshot when it created the replication slot")));
+	consistent_lsn = pstrdup(remote_value(slot, 0, 1));
+	snapshot = pstrdup(remote_value(slot, 0, 2));
+
+	ntables = copy_plan(conn, copy_jobs, consistent_lsn);
+	subscription_create(progress->dsn, progress->slot_name, false, false);
+	state_insert(progress->dsn, progress->slot_name, ignore_missing, false);
+	event_log("init", "source %s, publication %s, slot %s, %s, parallel initial copy of %d tables by %d workers from %s",
+			  dsn_mask(progress->dsn), ZDM_PUBLICATION, progress->slot_name,
+			  ignore_missing ? psprintf("%d tables present on the target", list_length(published)) :
+			  "all tables", ntables, copy_jobs, consistent_lsn);
+
+	copy_launch(progress->dsn, snapshot, copy_jobs, &progress->launch);
+	SPI_commit();
+	SPI_start_transaction();
+	/* committed: from here on zdm.abort() undoes it, not init's cleanup */
+	progress->publication_created = false;
+	progress->slot_requested = false;
+	copy_go(progress->launch);
+	progress->launch = NULL;
+	remote_disconnect(repl);
+}
+
+/*
  * The steps of init after the checks passed; progress records what exists.
  */
 static void
 create_migration(PGconn *conn, InitProgress *progress, bool ignore_missing,
-				 bool defer_copy, List *published, bool explicit_list)
+				 bool defer_copy, List *published, bool explicit_list,
+				 int copy_jobs)
 {
 	const char *params[1] = {progress->slot_name};
 
@@ -284,13 +351,19 @@ create_migration(PGconn *conn, InitProgress *progress, bool ignore_missing,
 		SPI_commit();
 		SPI_start_transaction();
 	}
+	if (copy_jobs > 0)
+	{
+		create_migration_parallel(conn, progress, ignore_missing, published,
+								  copy_jobs);
+		return;
+	}
 	progress->remote_pid = PQbackendPID(conn);
 	progress->slot_requested = true;
 	(void) remote_query(conn,
 						"SELECT lsn FROM pg_create_logical_replication_slot($1, 'pgoutput')",
 						1, params, "creating the replication slot");
 
-	subscription_create(progress->dsn, progress->slot_name, !defer_copy);
+	subscription_create(progress->dsn, progress->slot_name, !defer_copy, true);
 	state_insert(progress->dsn, progress->slot_name, ignore_missing, defer_copy);
 	event_log("init", "source %s, publication %s, slot %s, %s%s",
 			  dsn_mask(progress->dsn), ZDM_PUBLICATION, progress->slot_name,
@@ -308,18 +381,58 @@ create_migration(PGconn *conn, InitProgress *progress, bool ignore_missing,
 static void
 create_migration_or_undo(PGconn *conn, InitProgress *progress,
 						 bool ignore_missing, bool defer_copy, List *published,
-						 bool explicit_list)
+						 bool explicit_list, int copy_jobs)
 {
 	PG_ENSURE_ERROR_CLEANUP(init_cleanup, PointerGetDatum(progress));
 	{
 		create_migration(conn, progress, ignore_missing, defer_copy, published,
-						 explicit_list);
+						 explicit_list, copy_jobs);
 	}
 	PG_END_ENSURE_ERROR_CLEANUP(init_cleanup, PointerGetDatum(progress));
 }
 
 /*
- * CALL zdm.init(source_dsn, ignore_missing, defer_copy)
+ * The copy_method and copy_jobs arguments as the number of parallel copy
+ * workers: 0 for the native copy (table synchronization).
+ */
+static pg_noinline int
+copy_jobs_argument(FunctionCallInfo fcinfo, bool defer_copy)
+{
+	char	   *method;
+	int			jobs;
+
+	if (PG_NARGS() < 5)
+		return 0;
+	if (PG_ARGISNULL(3) || PG_ARGISNULL(4))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("copy_method and copy_jobs must not be null"),
+				 errhint("Leave them out for the defaults.")));
+	method = text_to_cstring(PG_GETARG_TEXT_PP(3));
+	jobs = PG_GETARG_INT32(4);
+	if (strcmp(method, "native") == 0)
+		return 0;
+	if (strcmp(method, "parallel") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown copy_method \"%s\"", method),
+				 errhint("Pass 'native' (PostgreSQL's table synchronization) or 'parallel'.")));
+	if (defer_copy)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("copy_method 'parallel' cannot be combined with defer_copy"),
+				 errdetail("defer_copy skips the initial copy altogether."),
+				 errhint("Leave out copy_method, or defer_copy.")));
+	if (jobs < 1 || jobs > ZDM_COPY_MAX_JOBS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("copy_jobs must be between 1 and %d", ZDM_COPY_MAX_JOBS),
+				 errdetail("The value given is %d.", jobs)));
+	return jobs;
+}
+
+/*
+ * CALL zdm.init(source_dsn, ignore_missing, defer_copy, copy_method, copy_jobs)
  */
 Datum
 zdm_init(PG_FUNCTION_ARGS)
@@ -327,6 +440,7 @@ zdm_init(PG_FUNCTION_ARGS)
 	char	   *dsn = dsn_argument(fcinfo);
 	bool		ignore_missing = bool_argument(fcinfo, 1, "ignore_missing");
 	bool		defer_copy = bool_argument(fcinfo, 2, "defer_copy");
+	int			copy_jobs = copy_jobs_argument(fcinfo, defer_copy);
 	InitProgress progress;
 	List	   *checks;
 	List	   *published = NIL;
@@ -353,10 +467,12 @@ zdm_init(PG_FUNCTION_ARGS)
 		conn = remote_connect(dsn, "to check it");
 		checks = run_checks(conn, ignore_missing, defer_copy, &published,
 							&explicit_list);
+		if (copy_jobs > 0)
+			checks = list_concat(checks, copy_checks(conn, copy_jobs));
 		refuse_on_failed_checks(checks);
 
 		create_migration_or_undo(conn, &progress, ignore_missing, defer_copy,
-								 published, explicit_list);
+								 published, explicit_list, copy_jobs);
 
 		remote_disconnect(conn);
 		SPI_finish();
@@ -370,6 +486,8 @@ zdm_init(PG_FUNCTION_ARGS)
 	ereport(NOTICE,
 			(errmsg("migration started: publication %s and a replication slot on the source, subscription %s here",
 					ZDM_PUBLICATION, ZDM_SUBSCRIPTION),
+			 copy_jobs > 0 ?
+			 errhint("The parallel initial copy runs in %d background workers; CALL zdm.wait_ready() waits for it and for the catch-up, SELECT * FROM zdm.tables() shows each table.", copy_jobs) :
 			 defer_copy ?
 			 errhint("The initial copy is deferred: only changes from now on are replicated; the README shows how to copy the existing rows later.") :
 			 errhint("Follow the copy with SELECT * FROM zdm.status(); cut over with CALL zdm.cutover() once it is ready.")));

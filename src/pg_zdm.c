@@ -7,6 +7,8 @@
  */
 #include "postgres.h"
 
+#include <limits.h>
+
 #include "fmgr.h"
 #include "utils/guc.h"
 
@@ -24,6 +26,15 @@ int			zdm_fence_idle_timeout_ms = 10000;
 
 /* How often the cutover worker looks at the catch-up progress. */
 int			zdm_poll_interval_ms = 5;
+
+/* Tables larger than this are copied in ranges by the parallel copy. */
+int			zdm_copy_range_size_kb = 128 * 1024;
+
+/* The parallel copy uses COPY's binary format where the types allow. */
+bool		zdm_copy_binary = true;
+
+/* The parallel copy rebuilds the indexes of tables from this size after the data. */
+int			zdm_copy_set_aside_size_kb = 1024;
 
 void
 _PG_init(void)
@@ -69,6 +80,27 @@ _PG_init(void)
 							&zdm_verify_parallel_workers,
 							-1, -1, 1024,
 							PGC_SUSET, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("zdm.copy_range_size",
+							"Size above which the parallel initial copy splits a table into ranges.",
+							"A table of N times this size is copied in N ranges, by as many copy workers as are free.",
+							&zdm_copy_range_size_kb,
+							128 * 1024, 8, INT_MAX,
+							PGC_SUSET, GUC_UNIT_KB,
+							NULL, NULL, NULL);
+	DefineCustomBoolVariable("zdm.copy_binary",
+							 "Whether the parallel initial copy uses COPY's binary format.",
+							 "Only for tables whose columns have the same types on both sides; the others are copied as text.",
+							 &zdm_copy_binary,
+							 true,
+							 PGC_SUSET, 0,
+							 NULL, NULL, NULL);
+	DefineCustomIntVariable("zdm.copy_index_set_aside_size",
+							"Size from which the parallel initial copy builds a table's indexes after its data.",
+							"Smaller tables keep their indexes during the copy.",
+							&zdm_copy_set_aside_size_kb,
+							1024, 0, INT_MAX,
+							PGC_SUSET, GUC_UNIT_KB,
 							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("zdm");
 

@@ -8,8 +8,8 @@
  * the password out of every message), remote.c (interruptible libpq),
  * state.c (the migration row and the event log), checks.c,
  * checks_schema.c and checks_privileges.c (the preflight checks, sharing
- * checks.h), init.c,
- * status.c, abort.c, subscription.c (the local subscription), source.c
+ * checks.h), init.c, status.c, abort.c, copy.c and copy_status.c (the
+ * parallel initial copy), subscription.c (the local subscription), source.c
  * (removing the migration's objects from the source), cutover.c
  * (the caller side of zdm.cutover), worker.c (the background worker that
  * runs it), fence.c (blocking writes on the source), sequences.c and
@@ -41,6 +41,9 @@ extern int	zdm_poll_interval_ms;
 extern int	zdm_verify_chunk_rows;
 extern int	zdm_verify_rechecks;
 extern int	zdm_verify_parallel_workers;
+extern int	zdm_copy_range_size_kb;
+extern bool zdm_copy_binary;
+extern int	zdm_copy_set_aside_size_kb;
 
 /* dsn.c */
 extern char *dsn_validate(const char *dsn);
@@ -63,6 +66,7 @@ typedef struct SourceFeatures
 	bool		connection_check;	/* 14: client_connection_check_interval */
 	bool		terminate_waits;	/* 14: pg_terminate_backend(pid, timeout) */
 	bool		maintain_privilege; /* 17: MAINTAIN lets LOCK TABLE take any mode */
+	bool		tid_range_scan;	/* 14: ctid ranges scan only their pages */
 } SourceFeatures;
 
 extern void source_features(PGconn *conn, SourceFeatures *features);
@@ -77,6 +81,7 @@ typedef struct RemoteResult
 
 extern PGconn *remote_connect(const char *dsn, const char *purpose);
 extern PGconn *remote_try_connect(const char *dsn, char **reason);
+extern PGconn *remote_connect_replication(const char *dsn, const char *purpose);
 extern void remote_keep_across_abort(PGconn *conn);
 extern PGconn *remote_connect_quietly(const char *dsn, int timeout_ms,
 									  char **reason);
@@ -134,6 +139,7 @@ extern bool migration_lock_held_elsewhere(void);
 extern void require_nonatomic(FunctionCallInfo fcinfo, const char *procname,
 							  const char *why);
 extern char *target_slot_name(void);
+extern void as_state_owner(void (*fn) (void *arg), void *arg);
 
 /* checks.c: one preflight check's outcome, a row of zdm.check */
 typedef struct CheckResult
@@ -152,9 +158,35 @@ typedef struct CheckResult
 extern List *run_checks(PGconn *conn, bool ignore_missing, bool defer_copy,
 					   List **published, bool *explicit_list);
 
+/* copy.c: the parallel initial copy */
+#define ZDM_COPY_MAX_JOBS	16
+#define ZDM_COPY_MAX_PARTS	256
+
+typedef struct CopyLaunch CopyLaunch;
+
+extern List *copy_checks(PGconn *conn, int jobs);
+extern int	copy_plan(PGconn *conn, int jobs, const char *consistent_lsn);
+extern void copy_launch(const char *dsn, const char *snapshot, int jobs,
+						CopyLaunch **launchp);
+extern void copy_go(CopyLaunch *launch);
+extern void copy_cancel(CopyLaunch *launch);
+extern PGDLLEXPORT void zdm_copy_worker_main(Datum main_arg);
+
+/* copy_status.c: its progress, and undoing it */
+typedef struct CopyProgress
+{
+	bool		exists;			/* a parallel copy was planned */
+	bool		ok;				/* done */
+	char	   *value;			/* for people */
+	int64		bytes;			/* bytes copied so far */
+} CopyProgress;
+
+extern void copy_progress(CopyProgress *progress);
+extern void copy_undo(void);
+
 /* subscription.c */
 extern void subscription_create(const char *conninfo, const char *slot_name,
-								bool copy_data);
+								bool copy_data, bool enabled);
 extern Oid	subscription_oid(void);
 extern bool subscription_drop(void);
 extern char *subscription_table_mismatch(Oid subid, List *published,

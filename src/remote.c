@@ -37,6 +37,7 @@ typedef struct OpenConnection
 } OpenConnection;
 
 static List *open_connections = NIL;	/* in TopMemoryContext */
+static bool connect_replication = false;	/* next connect: replication=database */
 static bool callbacks_registered = false;
 static TimestampTz remote_deadline = 0;
 
@@ -209,8 +210,9 @@ static PGconn *
 connect_loop(const char *dsn, TimestampTz deadline, bool interruptible,
 			 bool *timed_out)
 {
-	static const char *keywords[] = {"fallback_application_name", "dbname", NULL};
-	const char *values[3];
+	static const char *keywords[] = {"fallback_application_name", "dbname",
+	"replication", NULL};
+	const char *values[4];
 	PGconn	   *conn;
 	PostgresPollingStatusType status = PGRES_POLLING_WRITING;
 
@@ -220,7 +222,9 @@ connect_loop(const char *dsn, TimestampTz deadline, bool interruptible,
 
 	values[0] = "pg_zdm";
 	values[1] = dsn;
-	values[2] = NULL;
+	/* a keyword after the expanded dsn overrides what the dsn says */
+	values[2] = connect_replication ? "database" : NULL;
+	values[3] = NULL;
 	conn = PQconnectStartParams(keywords, values, true);
 	if (conn == NULL)
 	{
@@ -365,6 +369,29 @@ remote_connect(const char *dsn, const char *purpose)
 				 needs_password ?
 				 errhint("The source asks for a password: add password=... to the connection string or use a password file.") :
 				 errhint("Check the host, port, database name, user and password of the connection string, and the source's pg_hba.conf.")));
+	return conn;
+}
+
+/*
+ * remote_connect_replication: remote_connect, but a logical replication
+ * connection (replication=database): it accepts replication commands such
+ * as CREATE_REPLICATION_SLOT besides SQL.
+ */
+PGconn *
+remote_connect_replication(const char *dsn, const char *purpose)
+{
+	PGconn	   *volatile conn = NULL;
+
+	connect_replication = true;
+	PG_TRY();
+	{
+		conn = remote_connect(dsn, purpose);
+	}
+	PG_FINALLY();
+	{
+		connect_replication = false;
+	}
+	PG_END_TRY();
 	return conn;
 }
 

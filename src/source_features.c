@@ -34,4 +34,5 @@ source_features(PGconn *conn, SourceFeatures *features)
 	features->connection_check = v >= 140000;
 	features->terminate_waits = v >= 140000;
 	features->maintain_privilege = v >= 170000;
+	features->tid_range_scan = v >= 140000;
 }

@@ -65,7 +65,7 @@ zdm_spi_execute(const char *sql, int nargs, Oid *types, Datum *values,
  * would: zdm.status() may be granted to a monitoring role that must not read
  * the table (it holds the source password) but needs what it says.
  */
-static void
+void
 as_state_owner(void (*fn) (void *arg), void *arg)
 {
 	Oid			relid = RangeVarGetRelid(makeRangeVar("zdm", "migration", -1),

@@ -326,6 +326,16 @@ zdm_status(PG_FUNCTION_ARGS)
 	source_lsn = source_rows(&rows, &state, &slot_ok, &slot_lag, &published,
 							 &unpublished);
 	target_rows(&rows, source_lsn, &ready);
+	{
+		CopyProgress copy;
+
+		copy_progress(&copy);
+		if (copy.exists)
+		{
+			put_row(&rows, "copy", "parallel_copy", copy.value, copy.bytes, copy.ok);
+			ready = ready && copy.ok;
+		}
+	}
 	if (source_lsn != NULL)
 	{
 		char	   *mismatch = subscription_table_mismatch(subscription_oid(),
@@ -367,23 +377,34 @@ zdm_status(PG_FUNCTION_ARGS)
 }
 
 /*
- * zdm.tables(): per published table its copy state and size.
+ * The rows of zdm.tables(), read as the owner of the state tables (the
+ * parallel copy's tasks are not readable by a monitoring role).  A table
+ * of an unfinished parallel copy is 'init' until its first range starts and
+ * 'copying' until its data and its indexes are all done; its rate is the
+ * table data copied per second since it started, and its ETA the rest of it
+ * at that rate.
  */
-Datum
-zdm_tables(PG_FUNCTION_ARGS)
+static void
+read_tables(void *arg)
 {
-	ReturnSetInfo *rsinfo;
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) arg;
 	uint64		i;
-
-	InitMaterializedSRF(fcinfo, 0);
-	rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 
 	SPI_connect();
 	if (zdm_spi_execute("SELECT n.nspname, c.relname, "
-					"  CASE r.srsubstate WHEN 'i' THEN 'init' WHEN 'd' THEN 'copying' "
+					"  CASE WHEN cr.state IS NOT NULL AND ct.data_total > 0 "
+					"        AND (ct.data_done < ct.data_total OR ct.indexes_pending > 0) THEN "
+					"      CASE WHEN ct.data_started = 0 THEN 'init' ELSE 'copying' END "
+					"    ELSE CASE r.srsubstate WHEN 'i' THEN 'init' WHEN 'd' THEN 'copying' "
 					"    WHEN 'f' THEN 'copying' WHEN 's' THEN 'synchronized' "
-					"    WHEN 'r' THEN 'ready' ELSE r.srsubstate::text END, "
-					"  pg_catalog.pg_table_size(c.oid), p.bytes_processed "
+					"    WHEN 'r' THEN 'ready' ELSE r.srsubstate::text END END, "
+					"  pg_catalog.pg_table_size(c.oid), "
+					"  coalesce(ct.copied, p.bytes_processed), "
+					"  (ct.est_done / nullif(ct.secs, 0))::bigint, "
+					"  CASE WHEN ct.data_done < ct.data_total AND ct.est_done > 0 AND ct.secs > 0 THEN "
+					"    pg_catalog.make_interval(secs => pg_catalog.round(((ct.est_total - ct.est_done) "
+					"      / (ct.est_done / ct.secs))::numeric)::float8) END, "
+					"  ct.indexes_pending::integer "
 					"FROM pg_catalog.pg_subscription s "
 					"JOIN pg_catalog.pg_subscription_rel r ON r.srsubid = s.oid "
 					"JOIN pg_catalog.pg_class c ON c.oid = r.srrelid "
@@ -392,6 +413,24 @@ zdm_tables(PG_FUNCTION_ARGS)
 					"  ON w.subid = s.oid AND w.relid = r.srrelid "
 					"LEFT JOIN pg_catalog.pg_stat_progress_copy p "
 					"  ON p.pid = w.pid AND p.relid = r.srrelid "
+					"LEFT JOIN zdm.copy_run cr ON true "
+					"LEFT JOIN LATERAL ("
+					"  SELECT count(*) FILTER (WHERE t.kind = 'data') AS data_total, "
+					"    count(*) FILTER (WHERE t.kind = 'data' AND t.state = 'done') AS data_done, "
+					"    count(*) FILTER (WHERE t.kind = 'data' AND t.state <> 'pending') AS data_started, "
+					"    count(*) FILTER (WHERE t.kind = 'index' AND t.state <> 'done') AS indexes_pending, "
+					"    sum(coalesce(t.bytes_copied, tp.bytes_processed, 0)) FILTER (WHERE t.kind = 'data')::bigint AS copied, "
+					"    sum(t.est_bytes)::float8 AS est_total, "
+					"    sum(CASE WHEN t.state = 'done' THEN t.est_bytes "
+					"      WHEN t.est_rows > 0 THEN t.est_bytes * least(coalesce(tp.tuples_processed, 0) / t.est_rows, 0.99) "
+					"      ELSE 0 END) FILTER (WHERE t.kind = 'data')::float8 AS est_done, "
+					"    date_part('epoch', coalesce(max(t.finished_at) FILTER (WHERE t.kind = 'data' AND "
+					"        NOT EXISTS (SELECT 1 FROM zdm.copy_task u WHERE u.relid = c.oid AND u.kind = 'data' AND u.state <> 'done')), "
+					"      clock_timestamp()) - min(t.started_at)) AS secs "
+					"  FROM zdm.copy_task t "
+					"  LEFT JOIN pg_catalog.pg_stat_progress_copy tp "
+					"    ON tp.pid = t.worker_pid AND tp.relid = t.relid AND t.state = 'running' "
+					"  WHERE t.relid = c.oid) ct ON true "
 					"WHERE s.subname = '" ZDM_SUBSCRIPTION "' "
 					"  AND s.subdbid = (SELECT oid FROM pg_catalog.pg_database "
 					"                   WHERE datname = pg_catalog.current_database()) "
@@ -402,14 +441,24 @@ zdm_tables(PG_FUNCTION_ARGS)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
-		Datum		values[5];
-		bool		nulls[5];
+		Datum		values[8];
+		bool		nulls[8];
 		int			col;
 
-		for (col = 0; col < 5; col++)
+		for (col = 0; col < 8; col++)
 			values[col] = SPI_getbinval(tup, desc, col + 1, &nulls[col]);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	SPI_finish();
+}
+
+/*
+ * zdm.tables(): per published table its copy state, size and progress.
+ */
+Datum
+zdm_tables(PG_FUNCTION_ARGS)
+{
+	InitMaterializedSRF(fcinfo, 0);
+	as_state_owner(read_tables, fcinfo->resultinfo);
 	return (Datum) 0;
 }

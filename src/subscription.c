@@ -30,12 +30,13 @@
 /*
  * subscription_create: CREATE SUBSCRIPTION zdm_sub CONNECTION conninfo
  * PUBLICATION zdm_pub WITH (create_slot = false, slot_name = slot_name,
- * copy_data = copy_data[, streaming = parallel on 16 and later]), in the
- * current transaction.  Its workers start when that transaction commits.
+ * copy_data = copy_data, enabled = enabled[, streaming = parallel on 16
+ * and later]), in the current transaction.  Its workers start when that
+ * transaction commits, if enabled.
  */
 void
 subscription_create(const char *conninfo, const char *slot_name,
-					bool copy_data)
+					bool copy_data, bool enabled)
 {
 	CreateSubscriptionStmt *stmt = makeNode(CreateSubscriptionStmt);
 	ParseState *pstate = make_parsestate(NULL);
@@ -54,6 +55,8 @@ subscription_create(const char *conninfo, const char *slot_name,
 							makeDefElem("streaming",
 										(Node *) makeString(ZDM_SUBSCRIPTION_STREAMING), -1));
 #endif
+	stmt->options = lappend(stmt->options,
+							makeDefElem("enabled", (Node *) makeBoolean(enabled), -1));
 	CreateSubscription(pstate, stmt, false);
 	CommandCounterIncrement();
 	free_parsestate(pstate);
