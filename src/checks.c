@@ -503,6 +503,33 @@ check_leftovers(CheckContext *ctx, CheckResult *result)
 }
 
 /*
+ * lock_table_result: the verdict of fence_locks and target_locks.  A
+ * server's shared lock table holds about max_locks_per_transaction *
+ * (max_connections + max_prepared_transactions) locks (slots) for all its
+ * sessions together; one transaction locking every table may take at most
+ * half of it, the other half is left to the sessions named by others.
+ * locker is the detail's first sentence, with %lld for the table count.
+ */
+static void
+lock_table_result(CheckResult *result, int64 tables, int64 per_xact,
+				  int64 slots, const char *locker, const char *others,
+				  const char *server)
+{
+	int64		capacity = per_xact * slots;
+
+	/* smallest setting whose lock table is at least twice the locks */
+	int64		needed = (2 * tables + slots - 1) / Max(slots, 1);
+
+	result->ok = 2 * tables <= capacity;
+	result->detail = psprintf("%s; its lock table holds max_locks_per_transaction * (max_connections + max_prepared_transactions) = %lld * %lld = %lld locks, and pg_zdm keeps half of them for %s.",
+							  psprintf(locker, (long long) tables),
+							  (long long) per_xact, (long long) slots,
+							  (long long) capacity, others);
+	result->hint = psprintf("Set max_locks_per_transaction = %lld (or more) on %s and restart it.",
+							(long long) Max(needed, per_xact), server);
+}
+
+/*
  * fence_locks: the cutover's fence locks every published table in one
  * transaction on the source.  The source's shared lock table holds about
  * max_locks_per_transaction * (max_connections + max_prepared_transactions)
@@ -513,23 +540,13 @@ check_leftovers(CheckContext *ctx, CheckResult *result)
 static void
 check_fence_locks(CheckContext *ctx, CheckResult *result)
 {
-	int64		per_xact = atoi(fact(ctx, FACT_MAX_LOCKS));
-	int64		slots = atoi(fact(ctx, FACT_MAX_CONNECTIONS)) +
-		atoi(fact(ctx, FACT_MAX_PREPARED));
-	int64		capacity = per_xact * slots;
-	int64		tables;
-	int64		needed;
-
 	check_read_tables(ctx);
-	tables = list_length(ctx->published);
-	/* smallest setting whose lock table is at least twice the fence */
-	needed = (2 * tables + slots - 1) / Max(slots, 1);
-	result->ok = 2 * tables <= capacity;
-	result->detail = psprintf("The cutover locks %lld published tables in one transaction on the source; its lock table holds max_locks_per_transaction * (max_connections + max_prepared_transactions) = %lld * %lld = %lld locks, and pg_zdm keeps half of them for the application.",
-							  (long long) tables, (long long) per_xact,
-							  (long long) slots, (long long) capacity);
-	result->hint = psprintf("Set max_locks_per_transaction = %lld (or more) on the source and restart it.",
-							(long long) Max(needed, per_xact));
+	lock_table_result(result, list_length(ctx->published),
+					  atoi(fact(ctx, FACT_MAX_LOCKS)),
+					  atoi(fact(ctx, FACT_MAX_CONNECTIONS)) +
+					  atoi(fact(ctx, FACT_MAX_PREPARED)),
+					  "The cutover locks %lld published tables in one transaction on the source",
+					  "the application", "the source");
 }
 
 /*
@@ -541,22 +558,13 @@ check_fence_locks(CheckContext *ctx, CheckResult *result)
 static void
 check_target_locks(CheckContext *ctx, CheckResult *result)
 {
-	int64		per_xact = setting_int("max_locks_per_transaction");
-	int64		slots = setting_int("max_connections") +
-		setting_int("max_prepared_transactions");
-	int64		capacity = per_xact * slots;
-	int64		tables;
-	int64		needed;
-
 	check_read_tables(ctx);
-	tables = list_length(ctx->copied);
-	needed = (2 * tables + slots - 1) / Max(slots, 1);
-	result->ok = 2 * tables <= capacity;
-	result->detail = psprintf("Creating the subscription locks %lld tables in one transaction on this target; its lock table holds max_locks_per_transaction * (max_connections + max_prepared_transactions) = %lld * %lld = %lld locks, and pg_zdm keeps half of them for other sessions.",
-							  (long long) tables, (long long) per_xact,
-							  (long long) slots, (long long) capacity);
-	result->hint = psprintf("Set max_locks_per_transaction = %lld (or more) on this target and restart it.",
-							(long long) Max(needed, per_xact));
+	lock_table_result(result, list_length(ctx->copied),
+					  setting_int("max_locks_per_transaction"),
+					  setting_int("max_connections") +
+					  setting_int("max_prepared_transactions"),
+					  "Creating the subscription locks %lld tables in one transaction on this target",
+					  "other sessions", "this target");
 }
 
 /*
