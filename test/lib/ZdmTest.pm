@@ -253,22 +253,21 @@ sub finish_background_sql
 
 # --- Helpers of the cutover tests (01x) ------------------------------------
 
-push @EXPORT, qw(start_cutover wait_for_cutover_output finish_cutover
-  fence_held_query);
+push @EXPORT, qw(start_statement start_cutover wait_for_cutover_output
+  finish_cutover fence_held_query);
 
-# start_cutover(target, arguments, setup): start CALL zdm.cutover(arguments)
-# in a psql of its own on database app of the target (verbose errors, stop
-# at the first error), after the SQL setup if given (e.g. SET zdm.*), and
-# return, without waiting for the cutover, a handle for finish_cutover
-# whose pid is the backend running the CALL (for pg_cancel_backend and
-# pg_terminate_backend).
-sub start_cutover
+# start_statement(target, sql, setup): start sql in a psql of its own on
+# database app of the target (verbose errors, stop at the first error),
+# after the SQL setup if given (e.g. SET zdm.*), and return, without waiting
+# for it, a handle for finish_cutover whose pid is the backend running it
+# (for pg_cancel_backend and pg_terminate_backend).
+sub start_statement
 {
-	my ($target, $arguments, $setup) = @_;
+	my ($target, $sql, $setup) = @_;
 	my $call = {
 		stdin => ($setup ? "$setup;\n" : '')
 		  . "SELECT pg_backend_pid();\n"
-		  . "CALL zdm.cutover(" . ($arguments // '') . ");\n",
+		  . "$sql;\n",
 		stdout => '',
 		stderr => '',
 		timer => IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default),
@@ -283,9 +282,18 @@ sub start_cutover
 		'<', \$call->{stdin}, '>', \$call->{stdout}, '2>', \$call->{stderr},
 		$call->{timer});
 	pump_until($call->{harness}, $call->{timer}, \$call->{stdout}, qr/^\d+\n/)
-	  or die "could not start CALL zdm.cutover: $call->{stderr}";
+	  or die "could not start $sql: $call->{stderr}";
 	($call->{pid}) = $call->{stdout} =~ /^(\d+)\n/;
 	return $call;
+}
+
+# start_cutover(target, arguments, setup): start_statement of
+# CALL zdm.cutover(arguments).
+sub start_cutover
+{
+	my ($target, $arguments, $setup) = @_;
+	return start_statement($target, 'CALL zdm.cutover(' . ($arguments // '') . ')',
+		$setup);
 }
 
 # wait_for_cutover_output(handle, regex): wait until the NOTICEs (or the

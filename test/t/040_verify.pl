@@ -198,24 +198,9 @@ is($stdout, "Odd Table|f\nhot|t", 'verify of the tables given only');
 
 my $locker = $source->background_psql('app');
 $locker->query_safe('BEGIN; LOCK TABLE "Mixed Case"."Odd Table" IN ACCESS EXCLUSIVE MODE');
-my $call = {
-	stdin => "SELECT pg_backend_pid();\n"
-	  . qq{SELECT * FROM zdm.verify(ARRAY['"Mixed Case"."Odd Table"'::regclass]);\n},
-	stdout => '',
-	stderr => '',
-	timer => IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default),
-};
-$call->{harness} = IPC::Run::start(
-	[
-		$target->installed_command('psql'), '-XAtq',
-		'-v', 'VERBOSITY=verbose', '-v', 'ON_ERROR_STOP=1',
-		'-d', $target->connstr('app')
-	],
-	'<', \$call->{stdin}, '>', \$call->{stdout}, '2>', \$call->{stderr},
-	$call->{timer});
-pump_until($call->{harness}, $call->{timer}, \$call->{stdout}, qr/^\d+\n/)
-  or die "could not start zdm.verify: $call->{stderr}";
-my ($verify_pid) = $call->{stdout} =~ /^(\d+)\n/;
+my $call = start_statement($target,
+	q{SELECT * FROM zdm.verify(ARRAY['"Mixed Case"."Odd Table"'::regclass])});
+my $verify_pid = $call->{pid};
 my $no_verify_session = q{SELECT count(*) = 0 FROM pg_stat_activity WHERE application_name = 'pg_zdm verify'};
 ok( $source->poll_query_until('app', q{
 SELECT count(*) = 1 FROM pg_stat_activity
