@@ -388,6 +388,23 @@ binary_compatible(const char *table, const char *columns,
 }
 
 /*
+ * The k-th of parts bounds that split the keys from lo to hi evenly:
+ * lo + k * (hi - lo) / parts, rounded down, computed without overflow
+ * (hi - lo may not fit in int64; r * k stays small, as parts is at most
+ * ZDM_COPY_MAX_PARTS).  The bounds never decrease with k, so the ranges
+ * between them take every key once.
+ */
+static int64
+key_bound(int64 lo, int64 hi, int64 parts, int64 k)
+{
+	uint64		span = (uint64) hi - (uint64) lo;
+	uint64		q = span / (uint64) parts;
+	uint64		r = span % (uint64) parts;
+
+	return (int64) ((uint64) lo + q * (uint64) k + r * (uint64) k / (uint64) parts);
+}
+
+/*
  * Plan a table of the source: one task, or parts tasks over ranges.  TID
  * ranges from 14 (scanned without reading the rest of the table); before,
  * ranges of a single-column integer primary key between its minimum and
@@ -435,7 +452,9 @@ plan_table(PGconn *conn, int id, RemoteResult *tables, int row,
 			{
 				lo = strtoi64(remote_value(mm, 0, 0), NULL, 10);
 				hi = strtoi64(remote_value(mm, 0, 1), NULL, 10);
-				parts = Min(parts, hi - lo + 1);
+				/* no more ranges than keys (bounds never decrease: see key_bound) */
+				if ((uint64) hi - (uint64) lo < (uint64) parts)
+					parts = (int64) ((uint64) hi - (uint64) lo) + 1;
 			}
 		}
 	}
@@ -467,13 +486,13 @@ plan_table(PGconn *conn, int id, RemoteResult *tables, int row,
 		}
 		else
 		{
-			int64		step = (hi - lo) / parts + 1;
-
 			if (part > 0)
-				appendStringInfo(&where, "%s >= " INT64_FORMAT, key, lo + step * part);
+				appendStringInfo(&where, "%s >= " INT64_FORMAT, key,
+								 key_bound(lo, hi, parts, part));
 			if (part < parts - 1)
 				appendStringInfo(&where, "%s%s < " INT64_FORMAT,
-								 part > 0 ? " AND " : "", key, lo + step * (part + 1));
+								 part > 0 ? " AND " : "", key,
+								 key_bound(lo, hi, parts, part + 1));
 		}
 		add_data_task(id++, table, part + 1, (int) parts,
 					  psprintf("COPY (SELECT %s FROM ONLY %s WHERE %s) TO STDOUT%s",
