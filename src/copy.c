@@ -502,29 +502,66 @@ plan_table(PGconn *conn, int id, RemoteResult *tables, int row,
 	return id;
 }
 
+/* A table in the order its data is copied: see copy_plan. */
+typedef struct PlannedTable
+{
+	int			row;			/* in published_tables(), largest first */
+	int64		index_weight;	/* its size times the indexes set aside */
+} PlannedTable;
+
+static int
+planned_table_cmp(const void *a, const void *b)
+{
+	const PlannedTable *x = (const PlannedTable *) a;
+	const PlannedTable *y = (const PlannedTable *) b;
+
+	if (x->index_weight != y->index_weight)
+		return x->index_weight > y->index_weight ? -1 : 1;
+	return x->row - y->row;
+}
+
 /*
  * copy_plan: fill zdm.copy_task for the published tables, setting aside
  * their secondary indexes, and zdm.copy_run; in the caller's transaction.
  * conn is an ordinary connection to the source (not the one holding the
  * snapshot, which must stay idle).  Returns the number of tables.
+ *
+ * The workers claim data tasks in the order of their ids (claim_task).
+ * Tables come first that have the most index building to do once their
+ * data is in (size times indexes set aside), then the others, largest
+ * first: index builds can only start after their table's data, and then
+ * run beside the copy of the tables after it, while copy work can be
+ * split into ranges to fill any gap; so the copy ends with the cheapest
+ * index builds.
  */
 int
 copy_plan(PGconn *conn, int jobs, const char *consistent_lsn)
 {
 	RemoteResult *tables = published_tables(conn);
 	int64		range_bytes = (int64) zdm_copy_range_size_kb * 1024;
+	PlannedTable *order = palloc0(sizeof(PlannedTable) * Max(tables->ntuples, 1));
 	int			id = 1;
 	int			row;
 	Oid			types[2] = {INT4OID, TEXTOID};
 	Datum		values[2];
 
 	for (row = 0; row < tables->ntuples; row++)
-		id = plan_table(conn, id, tables, row, range_bytes);
-	/* a small table's indexes cost less kept than rebuilt as extra tasks */
-	for (row = 0; row < tables->ntuples; row++)
-		if (strtoi64(remote_value(tables, row, 1), NULL, 10) >=
-			(int64) zdm_copy_set_aside_size_kb * 1024)
+	{
+		int64		size = strtoi64(remote_value(tables, row, 1), NULL, 10);
+
+		order[row].row = row;
+		/* a small table's indexes cost less kept than rebuilt as extra tasks */
+		if (size >= (int64) zdm_copy_set_aside_size_kb * 1024)
+		{
+			int			first = id;
+
 			id = set_aside_indexes(id, remote_value(tables, row, 0));
+			order[row].index_weight = size * (id - first);
+		}
+	}
+	qsort(order, tables->ntuples, sizeof(PlannedTable), planned_table_cmp);
+	for (row = 0; row < tables->ntuples; row++)
+		id = plan_table(conn, id, tables, order[row].row, range_bytes);
 
 	values[0] = Int32GetDatum(jobs);
 	values[1] = CStringGetTextDatum(consistent_lsn);
@@ -844,12 +881,20 @@ typedef struct CopyTask
 } CopyTask;
 
 /*
- * Claim the next task: a data task first (largest first), else an index
- * task of a table whose data is all copied.  Commits the claim.  NULL when
- * there is nothing to claim right now.
+ * Claim the next task, and say whether a data task is still left to claim
+ * (*data_left).  Candidates are the data tasks and the index tasks of
+ * tables whose data is all copied.  While data is left, an index task goes
+ * first as long as fewer than half the workers (at least one) build
+ * indexes: the builds of a table whose data is done then overlap the copy
+ * of the others, which leaves the CPU idle part of the time while it waits
+ * for the source and for its WAL writes, instead of all queueing up at the
+ * end.  Otherwise data first, in the order of the plan: tables by size,
+ * largest first, each table's ranges together, so that a table is done
+ * (and its indexes can be built) as early as possible.  Commits the claim.
+ * Returns NULL when there is nothing to claim right now.
  */
 static CopyTask *
-claim_task(MemoryContext cxt)
+claim_task(MemoryContext cxt, bool *data_left)
 {
 	CopyTask   *task = NULL;
 
@@ -867,7 +912,12 @@ claim_task(MemoryContext cxt)
 						"      SELECT 1 FROM zdm.copy_task d WHERE d.kind OPERATOR(pg_catalog.=) 'data' "
 						"        AND d.relid OPERATOR(pg_catalog.=) t.relid "
 						"        AND d.state OPERATOR(pg_catalog.<>) 'done')) "
-						"  ORDER BY t.kind OPERATOR(pg_catalog.=) 'index', t.est_bytes DESC, t.id "
+						"  ORDER BY t.kind OPERATOR(pg_catalog.=) 'index' AND "
+						"      (SELECT pg_catalog.count(*) FROM zdm.copy_task b "
+						"        WHERE b.kind OPERATOR(pg_catalog.=) 'index' "
+						"          AND b.state OPERATOR(pg_catalog.=) 'running') OPERATOR(pg_catalog.<) "
+						"      (SELECT GREATEST(r.jobs OPERATOR(pg_catalog./) 2, 1) FROM zdm.copy_run r) DESC, "
+						"    t.kind OPERATOR(pg_catalog.=) 'index', t.id "
 						"  LIMIT 1 FOR UPDATE SKIP LOCKED) "
 						"RETURNING id, kind OPERATOR(pg_catalog.=) 'data', relid::pg_catalog.oid, "
 						"  source_query, target_columns, index_def, "
@@ -891,6 +941,13 @@ claim_task(MemoryContext cxt)
 		task->binary = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull)) && !isnull;
 		MemoryContextSwitchTo(oldcxt);
 	}
+	if (zdm_spi_execute("SELECT EXISTS (SELECT 1 FROM zdm.copy_task "
+						"  WHERE kind OPERATOR(pg_catalog.=) 'data' "
+						"    AND state OPERATOR(pg_catalog.=) 'pending')",
+						0, NULL, NULL, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for data left to copy");
+	*data_left = strcmp(SPI_getvalue(SPI_tuptable->vals[0],
+									 SPI_tuptable->tupdesc, 1), "t") == 0;
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
@@ -1050,8 +1107,14 @@ import_snapshot(CopyShared *shared, int index)
 	{
 		conn = remote_connect(shared->dsn, "for the initial copy");
 		remote_keep_across_abort(conn);
+		/*
+		 * The session sits idle in its transaction while this worker builds
+		 * indexes and other workers copy: a source's
+		 * idle_in_transaction_session_timeout must not end it.
+		 */
 		remote_command(conn,
-					   psprintf("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
+					   psprintf("SET idle_in_transaction_session_timeout = 0; "
+								"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
 								"SET TRANSACTION SNAPSHOT %s",
 								quote_literal_cstr(shared->snapshot)),
 					   "importing the snapshot of the slot");
@@ -1107,7 +1170,9 @@ wait_for_go(CopyShared *shared)
 
 /*
  * The worker's work once it may go: claim and run tasks until none is
- * left, then finish the copy if it is the one to.
+ * left, then finish the copy if it is the one to.  The snapshot (conn's
+ * transaction on the source) is kept while data tasks are left to claim,
+ * also through index builds, and let go as soon as none is.
  */
 static void
 copy_worker_loop(PGconn *conn, MemoryContext cxt)
@@ -1115,18 +1180,13 @@ copy_worker_loop(PGconn *conn, MemoryContext cxt)
 	for (;;)
 	{
 		CopyTask   *task;
+		bool		data_left;
 		char		outlook;
 
 		CHECK_FOR_INTERRUPTS();
 		MemoryContextReset(cxt);
-		task = claim_task(cxt);
-		if (task != NULL && task->is_data)
-		{
-			run_task(conn, task);
-			continue;
-		}
-		/* no data task is left to claim: the snapshot is no longer needed */
-		if (conn != NULL)
+		task = claim_task(cxt, &data_left);
+		if (conn != NULL && !data_left && (task == NULL || !task->is_data))
 		{
 			(void) remote_command_quietly(conn, "COMMIT", 0, NULL, 10000);
 			remote_disconnect(conn);
@@ -1134,7 +1194,7 @@ copy_worker_loop(PGconn *conn, MemoryContext cxt)
 		}
 		if (task != NULL)
 		{
-			run_task(NULL, task);
+			run_task(conn, task);
 			continue;
 		}
 		outlook = copy_outlook();
