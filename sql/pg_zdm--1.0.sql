@@ -300,7 +300,8 @@ BEGIN
             next_notice := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) notice_every;
         END IF;
         COMMIT;
-        PERFORM pg_catalog.pg_sleep(0.5);
+        -- once the copy is done only the catch-up is left: look more often
+        PERFORM pg_catalog.pg_sleep(CASE WHEN copy IS NULL THEN 0.2 ELSE 0.5 END);
     END LOOP;
 END
 $$;
