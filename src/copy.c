@@ -18,8 +18,10 @@
  * replication connection.  From then on the copy runs in the workers alone:
  * each claims tasks, streams COPY (...) TO STDOUT from the source into
  * COPY ... FROM on this target inside its own local transaction (the rows
- * and the task's 'done' commit together), then rebuilds the set-aside
- * indexes, and the last worker enables the subscription.  Streaming starts
+ * and the task's 'done' commit together), rebuilds the set-aside indexes
+ * of tables whose data is in (beside the copy of the others: see
+ * claim_task and copy_plan for the order), and the last worker enables the
+ * subscription.  Streaming starts
  * at the slot's consistent point, which is exactly the snapshot the rows
  * were read in: nothing is lost and nothing applied twice.
  *
