@@ -27,7 +27,7 @@ use warnings;
 use Exporter 'import';
 use PostgreSQL::Test::Utils;
 
-our @EXPORT = qw(source_installs forget_unknown_settings);
+our @EXPORT = qw(source_installs forget_unknown_settings with_source_and_target);
 
 # source_installs(): the installations of ZDM_SOURCE_INSTALLS, ordered by
 # major version, each { major => 10, version => '10.23', install_path =>
@@ -102,6 +102,30 @@ sub forget_unknown_settings
 	open my $fh, '>', $conf or die "cannot write $conf: $!";
 	print $fh $head, $added;
 	close $fh;
+	return;
+}
+
+# with_source_and_target(install, source_conf, code): a source of that
+# installation (ZdmTest::start_source, with the extra settings source_conf)
+# and a target of this build, both named after the major version; runs
+# code->(source, target), then stops both.  Code that dies is a failed test,
+# and the next version still runs.
+sub with_source_and_target
+{
+	my ($install, $conf, $code) = @_;
+	my $major = $install->{major};
+	my ($source, $target);
+	my $ok = eval {
+		$source = ZdmTest::start_source("source$major", $conf,
+			install_path => $install->{install_path});
+		$target = ZdmTest::start_target("target$major");
+		$code->($source, $target);
+		1;
+	};
+	Test::More::fail("PG$install->{version}: the test died: $@") unless $ok;
+
+	$target->stop if $target;
+	$source->stop if $source;
 	return;
 }
 

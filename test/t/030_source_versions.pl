@@ -419,23 +419,11 @@ SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_pu
 my @summary;
 foreach my $install (@installs)
 {
-	my $major = $install->{major};
 	my $start = time;
-	my ($source, $target);
 	my $tests_before = Test::More->builder->current_test;
 
-	my $ok = eval {
-		$source = start_source("source$major",
-			"log_statement = ddl\nmax_connections = 30\n",
-			install_path => $install->{install_path});
-		$target = start_target("target$major");
-		migrate_from($install, $source, $target);
-		1;
-	};
-	fail("PG$install->{version}: the test died: $@") unless $ok;
-
-	$target->stop if $target;
-	$source->stop if $source;
+	with_source_and_target($install, "log_statement = ddl\nmax_connections = 30\n",
+		sub { migrate_from($install, @_) });
 	my @details = (Test::More->builder->details)[ $tests_before .. Test::More->builder->current_test - 1 ];
 	my $bad = grep { !$_->{ok} } @details;
 	push @summary, sprintf('source %s: %d assertions, %d failed, %.0f s',

@@ -201,18 +201,8 @@ ORDER BY part});
 
 foreach my $install (@installs)
 {
-	my $major = $install->{major};
-	my ($source, $target);
-	my $ok = eval {
-		$source = start_source("source$major", "max_connections = 30\n",
-			install_path => $install->{install_path});
-		$target = start_target("target$major");
-		copy_from($install, $source, $target);
-		1;
-	};
-	fail("PG$install->{version}: the test died: $@") unless $ok;
-	$target->stop if $target;
-	$source->stop if $source;
+	with_source_and_target($install, "max_connections = 30\n",
+		sub { copy_from($install, @_) });
 }
 
 done_testing();
