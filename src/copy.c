@@ -887,13 +887,13 @@ typedef struct CopyTask
  * (*data_left).  Candidates are the data tasks and the index tasks of
  * tables whose data is all copied.  While data is left, an index task goes
  * first as long as fewer than half the workers (at least one) build
- * indexes: the builds of a table whose data is done then overlap the copy
- * of the others, which leaves the CPU idle part of the time while it waits
- * for the source and for its WAL writes, instead of all queueing up at the
- * end.  Otherwise data first, in the order of the plan: tables by size,
- * largest first, each table's ranges together, so that a table is done
- * (and its indexes can be built) as early as possible.  Commits the claim.
- * Returns NULL when there is nothing to claim right now.
+ * indexes: the builds of a table whose data is done then run beside the
+ * copy of the others (which leaves the CPU idle part of the time, waiting
+ * for the source and for WAL writes) instead of all queueing up at the
+ * end.  Otherwise data first, in the order of the plan (see copy_plan),
+ * each table's ranges together, so that a table is done and its indexes
+ * can be built as early as possible.  Commits the claim.  Returns NULL
+ * when there is nothing to claim right now.
  */
 static CopyTask *
 claim_task(MemoryContext cxt, bool *data_left)
