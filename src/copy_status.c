@@ -123,9 +123,10 @@ read_progress(void *arg)
 	if (strcmp(state, "done") == 0)
 	{
 		p->ok = true;
-		p->value = psprintf("done in %s: %lld ranges of table data (%s), %lld indexes rebuilt",
+		p->value = psprintf("done in %s: %lld ranges of table data (%s), %lld %s rebuilt",
 							copy_pretty_secs(secs), (long long) data_total,
-							copy_pretty_bytes(p->bytes), (long long) index_total);
+							copy_pretty_bytes(p->bytes), (long long) index_total,
+							index_total == 1 ? "index" : "indexes");
 	}
 	else if (strcmp(state, "failed") == 0)
 		p->value = psprintf("failed after %s: %s; run CALL zdm.abort(), fix the cause and init again",
@@ -136,14 +137,18 @@ read_progress(void *arg)
 	{
 		double		rate = secs > 0 ? est_done / secs : 0;
 
-		p->value = psprintf("copying: %lld/%lld ranges done, %s received, %.0f%% of %s of table data, %s/s, ETA %s",
+		/* index builds of finished tables run beside the copy: say how far */
+		p->value = psprintf("copying: %lld/%lld ranges done, %s received, %.0f%% of %s of table data, %s/s, ETA %s%s",
 							(long long) data_done, (long long) data_total,
 							copy_pretty_bytes(p->bytes),
 							est_total > 0 ? 100.0 * est_done / est_total : 0,
 							copy_pretty_bytes(est_total),
 							copy_pretty_bytes(rate),
 							rate > 0 ? copy_pretty_secs((est_total - est_done) / rate) :
-							"unknown");
+							"unknown",
+							index_total > 0 ?
+							psprintf("; indexes: %lld/%lld rebuilt",
+									 (long long) index_done, (long long) index_total) : "");
 	}
 	else
 		p->value = psprintf("building indexes: %lld/%lld done (table data copied in %lld ranges, %s)",
