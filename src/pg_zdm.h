@@ -86,6 +86,9 @@ extern PGconn *remote_connect(const char *dsn, const char *purpose);
 extern PGconn *remote_try_connect(const char *dsn, char **reason);
 extern PGconn *remote_connect_replication(const char *dsn, const char *purpose);
 extern void remote_keep_across_abort(PGconn *conn);
+extern PGconn *remote_connect_to(const char *dsn, const char *side,
+								 const char *purpose);
+extern const char *remote_side(PGconn *conn);
 extern PGconn *remote_connect_quietly(const char *dsn, int timeout_ms,
 									  char **reason);
 extern void remote_disconnect(PGconn *conn);

@@ -171,8 +171,9 @@ reverse_mark_start(PGconn *target, const char *name)
 	RemoteResult *res;
 	const char *params[2] = {name, NULL};
 
+	remote_command(target, "SET synchronous_commit = on",
+				   "marking where the reverse replication starts");
 	res = remote_query(target,
-					   "SET synchronous_commit = on; "
 					   "SELECT pg_logical_emit_message(true, 'pg_zdm', 'fallback start')::text",
 					   0, NULL, "marking where the reverse replication starts");
 	params[1] = remote_value(res, 0, 0);

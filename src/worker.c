@@ -759,7 +759,8 @@ static void
 prepare_fallback(CutoverRun *run)
 {
 	run->fallback_name = fallback_name();
-	run->target = remote_connect(run->target_dsn, "to set up the fallback");
+	run->target = remote_connect_to(run->target_dsn, "target",
+									"to set up the fallback");
 	remote_keep_across_abort(run->target);
 	in_transaction(record_fallback, run);
 	run->reverse_prepared = true;
