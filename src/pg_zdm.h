@@ -221,6 +221,7 @@ extern char *fallback_target_dsn(text *arg);
 /* reverse.c: the reverse replication, from this target to the source */
 extern void reverse_prepare(PGconn *source, PGconn *target,
 							const char *target_dsn, const char *name);
+extern void reverse_skip_applied(PGconn *target, const char *name);
 extern char *reverse_mark_start(PGconn *target, const char *name);
 extern char *reverse_enable_sql(const char *name);
 extern bool reverse_drop_subscription(PGconn *source, const char *name,

@@ -813,6 +813,8 @@ cutover_steps(CutoverRun *run)
 		prepare_fallback(run);
 
 	come_close(run);
+	if (run->fallback_name != NULL)
+		reverse_skip_applied(run->target, run->fallback_name);
 	prefetch_sequences(run);
 	run->fence_started = GetCurrentTimestamp();
 	fence_acquire(dsn, run->control, tables, &run->fence,
