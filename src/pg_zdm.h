@@ -211,6 +211,7 @@ extern char *subscription_table_mismatch(Oid subid, List *published,
 extern bool source_drop_slots(PGconn *conn, const char *slot_name, Oid subid,
 							  int timeout_ms);
 extern bool source_drop_publication(PGconn *conn, int timeout_ms);
+extern List *source_unpublished_tables(PGconn *conn);
 extern bool source_end_session(PGconn *conn, int pid, int wait_ms);
 
 /* fallback_checks.c: what a cutover with fallback needs */
