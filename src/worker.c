@@ -851,7 +851,7 @@ cutover_steps(CutoverRun *run)
 							INT_MAX),
 				  still_wanted_while_fencing, run);
 	/* the triggers are created while the rest goes on */
-	fence_make_permanent(run->fence, run->fallback_name != NULL);
+	fence_make_permanent(run->fence, run->fallback_name);
 	fence_verify(run->control, run->fence, list_length(tables));
 	ereport(NOTICE,
 			(errmsg("writes blocked on the source: %d tables fenced in %.1f ms",
