@@ -66,7 +66,7 @@ typedef struct FallbackRun
 	char	   *final_lsn;
 } FallbackRun;
 
-static char *failure_message = NULL;
+static const char *failure_message = NULL;
 
 /*
  * Run fn in a transaction of its own; what it allocates outside SPI lives
@@ -93,13 +93,8 @@ in_transaction(void (*fn) (FallbackRun *), FallbackRun *run)
 static void
 check_still_wanted(FallbackRun *run, const char *waiting_for)
 {
-	bool		requested;
-
 	CHECK_FOR_INTERRUPTS();
-	SpinLockAcquire(&run->shared->mutex);
-	requested = run->shared->abort_requested;
-	SpinLockRelease(&run->shared->mutex);
-	if (requested)
+	if (worker_abort_requested(run->shared))
 		ereport(ERROR,
 				(errcode(ERRCODE_QUERY_CANCELED),
 				 errmsg("fallback cancelled while %s", waiting_for),
@@ -116,14 +111,6 @@ static void
 still_wanted_while_fencing(void *arg)
 {
 	check_still_wanted((FallbackRun *) arg, "taking the fence");
-}
-
-static void
-nap(void)
-{
-	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-					 zdm_poll_interval_ms, PG_WAIT_EXTENSION);
-	ResetLatch(MyLatch);
 }
 
 /*
@@ -279,7 +266,7 @@ come_close(FallbackRun *run)
 		(void) source_confirmed(run, NULL, &behind);
 		if (behind <= FENCE_LAG_LIMIT_BYTES)
 			return;
-		nap();
+		worker_nap();
 	}
 }
 
@@ -314,7 +301,7 @@ wait_for_source(FallbackRun *run)
 							(long long) behind, run->final_lsn)));
 			last_notice = now;
 		}
-		nap();
+		worker_nap();
 	}
 }
 
@@ -513,6 +500,20 @@ fallback_steps_or_release(FallbackRun *run)
 	PG_END_ENSURE_ERROR_CLEANUP(release_fence_on_failure, PointerGetDatum(run));
 }
 
+/* worker_run's view of the fallback */
+static void
+run_fallback_steps(void *arg)
+{
+	fallback_steps_or_release((FallbackRun *) arg);
+}
+
+static void
+record_fallback_failure(void *arg, const char *message)
+{
+	failure_message = message;
+	in_transaction(record_failure, (FallbackRun *) arg);
+}
+
 static void
 log_reverse_removed(FallbackRun *run)
 {
@@ -558,24 +559,7 @@ zdm_fallback_worker_main(Datum main_arg)
 											   run.shared->timeout_ms);
 	remote_set_deadline(TimestampTzPlusMilliseconds(run.deadline, 1000));
 
-	PG_TRY();
-	{
-		fallback_steps_or_release(&run);
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(run.cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortOutOfAnyTransaction();
-		failure_message = edata->message;
-		remote_set_deadline(0);
-		in_transaction(record_failure, &run);
-		ReThrowError(edata);
-	}
-	PG_END_TRY();
+	worker_run(run_fallback_steps, record_fallback_failure, &run, run.cxt);
 
 	dsm_detach(seg);
 	run.shared = NULL;
