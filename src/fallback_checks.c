@@ -446,7 +446,8 @@ fallback_target_dsn(text *arg)
 
 /*
  * zdm.check_fallback(target_dsn): every fallback check as a row.  Needs a
- * migration (the source's connection string and the tables come from it).
+ * migration not yet cut over (the source's connection string and the
+ * tables come from it, and only its cutover can set up a fallback).
  */
 Datum
 zdm_check_fallback(PG_FUNCTION_ARGS)
@@ -459,6 +460,12 @@ zdm_check_fallback(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("there is no migration to check a fallback for"),
 				 errhint("Start one with CALL zdm.init(source_dsn).")));
+	if (strcmp(state.phase, "streaming") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the migration is past its cutover, which is where a fallback is set up"),
+				 errdetail("The migration is in phase %s.", state.phase),
+				 errhint("zdm.status() shows whether this cutover set one up.")));
 	InitMaterializedSRF(fcinfo, 0);
 	check_put_rows((ReturnSetInfo *) fcinfo->resultinfo,
 				   fallback_checks(state.source_conninfo, target_dsn));

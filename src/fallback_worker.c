@@ -10,17 +10,19 @@
  * connection to this target made with the DSN the source uses to reach it
  * (the fence must be a session of its own, whose end -- this worker's
  * death, a cancel -- unlocks); the reverse replication of reverse.c plays
- * the forward subscription's part, and its slot here proves the catch-up:
- * the source has applied and flushed everything up to this target's final
- * position once the slot's confirmed_flush_lsn reaches it (the reverse
- * subscription commits synchronously, so it reports flushes at once).
+ * the forward subscription's part, and the catch-up is proven as the
+ * cutover proves it: the source has applied and flushed everything up to
+ * this target's final position once the reverse slot's confirmed_flush_lsn
+ * reaches it, or, sooner, once its apply worker reports that position and a
+ * synchronous commit there has flushed its WAL (source_applied).
  *
  * Steps: come close without a lock, fence writes here, capture the final
  * position, move the source's sequences ahead of ours, wait for the source,
  * commit the fence (the point of no return: this target is read-only for
  * good), make the source writable (its read-only trigger function becomes a
  * no-op and its event trigger goes: one short transaction, no table lock),
- * release the caller, then remove the reverse replication.  Before the
+ * release the caller, then remove the reverse replication and drop the
+ * source's disabled triggers.  Before the
  * point of no return every failure releases the fence: this target is
  * writable again and the reverse replication goes on.  After it, the next
  * zdm.fallback() call finishes what is left.
@@ -51,6 +53,10 @@
 
 /* How long the cleanup after the point of no return may take. */
 #define CLEANUP_TIMEOUT_MS		30000
+
+/* How the source's disabled triggers are dropped once the caller is gone. */
+#define SOURCE_FENCE_LOCK_TIMEOUT	"200ms"
+#define SOURCE_FENCE_ATTEMPTS		5
 
 typedef struct FallbackRun
 {
@@ -252,6 +258,35 @@ source_confirmed(FallbackRun *run, const char *lsn, int64 *behind)
 }
 
 /*
+ * The faster of the two proofs of the source's catch-up: its apply worker
+ * has reported a position at or past the final one (latest_end_lsn: every
+ * transaction before it applied, the subscription has no parallel apply),
+ * after which a transaction committed there with synchronous_commit on
+ * flushes the source's WAL up to its commit, the applied ones included.
+ * The reverse subscription commits asynchronously, and the slot here would
+ * only learn of the flush once the source's WAL writer and the next
+ * feedback message came round.
+ */
+static bool
+source_applied(FallbackRun *run)
+{
+	const char *params[2] = {run->state.fallback_name, run->final_lsn};
+	RemoteResult *res;
+
+	res = remote_query(run->source,
+					   "SELECT coalesce(bool_or(st.latest_end_lsn >= $2::pg_lsn), false) "
+					   "FROM pg_stat_subscription st JOIN pg_subscription s ON s.oid = st.subid "
+					   "WHERE s.subname = $1 AND st.relid IS NULL AND st.pid IS NOT NULL "
+					   "  AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+					   2, params, "watching the reverse subscription");
+	if (strcmp(remote_value(res, 0, 0), "t") != 0)
+		return false;
+	(void) remote_query(run->source, "SELECT txid_current()", 0, NULL,
+						"flushing the source's WAL");
+	return true;
+}
+
+/*
  * Before fencing: wait, unlocked, until the source is less than
  * FENCE_LAG_LIMIT_BYTES behind, so the fenced wait is short.
  */
@@ -286,7 +321,8 @@ wait_for_source(FallbackRun *run)
 		TimestampTz now;
 
 		check_still_wanted(run, "waiting for the source to catch up");
-		if (source_confirmed(run, run->final_lsn, &behind))
+		if (source_confirmed(run, run->final_lsn, &behind) ||
+			source_applied(run))
 			return;
 		now = GetCurrentTimestamp();
 		if (TimestampDifferenceExceeds(last_ping, now, zdm_fence_idle_timeout_ms / 4))
@@ -405,7 +441,7 @@ complete(FallbackRun *run)
 					run->blocked_ms),
 			 errdetail("This target stays read-only (schema %s holds its write-rejecting triggers); the reverse replication is removed next, see zdm.event_log.",
 					   ZDM_FENCE_SCHEMA),
-			 errhint("CALL zdm.finish() ends the migration and drops the source's disabled triggers.")));
+			 errhint("CALL zdm.finish() ends the migration.")));
 }
 
 /*
@@ -418,6 +454,9 @@ fallback_steps(FallbackRun *run)
 
 	run->source = remote_connect(run->state.source_conninfo, "to fall back");
 	remote_keep_across_abort(run->source);
+	remote_command(run->source,
+				   "SET synchronous_commit = on; SET statement_timeout = 0",
+				   "setting up the control session");
 	run->target = remote_connect_to(run->state.fallback_conninfo, "target",
 									"to fall back");
 	remote_keep_across_abort(run->target);
@@ -515,6 +554,13 @@ record_fallback_failure(void *arg, const char *message)
 }
 
 static void
+log_source_fence_dropped(FallbackRun *run)
+{
+	event_log("source_fence_dropped", "schema %s and its disabled triggers dropped on the source",
+			  ZDM_FENCE_SCHEMA);
+}
+
+static void
 log_reverse_removed(FallbackRun *run)
 {
 	event_log("fallback_cleaned", "subscription %s on the source, slot %s and publication %s here dropped",
@@ -530,13 +576,40 @@ remove_reverse(FallbackRun *run)
 {
 	if (reverse_remove(run->source, run->target, run->state.fallback_name,
 					   CLEANUP_TIMEOUT_MS))
-	{
 		in_transaction(log_reverse_removed, run);
-		return;
+	else
+		ereport(WARNING,
+				(errmsg("the fallback is complete, but its reverse replication is still partly in place"),
+				 errhint("CALL zdm.finish() removes it.")));
+}
+
+/*
+ * Once the caller is gone: drop the source's disabled triggers.  Dropping a
+ * trigger locks its table, so each attempt waits at most
+ * SOURCE_FENCE_LOCK_TIMEOUT for the locks (the application is held up for
+ * no longer); what is left after a few attempts is zdm.finish()'s.
+ */
+static void
+drop_source_fence(FallbackRun *run)
+{
+	int			attempt;
+
+	for (attempt = 0; attempt < SOURCE_FENCE_ATTEMPTS; attempt++)
+	{
+		if (remote_command_quietly(run->source,
+								   "SET lock_timeout = '" SOURCE_FENCE_LOCK_TIMEOUT "'; "
+								   "DROP SCHEMA IF EXISTS " ZDM_FENCE_SCHEMA " CASCADE",
+								   0, NULL, CLEANUP_TIMEOUT_MS))
+		{
+			in_transaction(log_source_fence_dropped, run);
+			return;
+		}
+		worker_sleep_ms(1000);
 	}
 	ereport(WARNING,
-			(errmsg("the fallback is complete, but its reverse replication is still partly in place"),
-			 errhint("CALL zdm.finish() removes it.")));
+			(errmsg("schema %s is still on the source", ZDM_FENCE_SCHEMA),
+			 errdetail("Its triggers do nothing since the fallback; dropping them needs a moment without other sessions on each table."),
+			 errhint("CALL zdm.finish() drops it.")));
 }
 
 /*
@@ -566,6 +639,7 @@ zdm_fallback_worker_main(Datum main_arg)
 	remote_set_deadline(0);
 	remote_disconnect(run.fence);
 	remove_reverse(&run);
+	drop_source_fence(&run);
 	remote_disconnect(run.target);
 	remote_disconnect(run.source);
 	migration_lock_release();

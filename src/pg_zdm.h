@@ -318,6 +318,7 @@ extern void worker_run(void (*steps) (void *),
 					   void *arg, MemoryContext cxt);
 extern bool worker_abort_requested(CutoverShared *shared);
 extern void worker_nap(void);
+extern void worker_sleep_ms(int ms);
 extern PGDLLEXPORT void zdm_cutover_worker_main(Datum main_arg);
 
 /* fallback_worker.c */

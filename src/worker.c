@@ -281,14 +281,23 @@ poll_progress(CutoverRun *run, const char *lsn)
 }
 
 /*
+ * worker_sleep_ms: wait ms, or less if the latch is set.
+ */
+void
+worker_sleep_ms(int ms)
+{
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 ms, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+}
+
+/*
  * worker_nap: wait zdm.poll_interval, or less if the latch is set.
  */
 void
 worker_nap(void)
 {
-	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-					 zdm_poll_interval_ms, PG_WAIT_EXTENSION);
-	ResetLatch(MyLatch);
+	worker_sleep_ms(zdm_poll_interval_ms);
 }
 
 /*
