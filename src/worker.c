@@ -758,8 +758,10 @@ check_same_tables(CutoverRun *run)
 		if (unpublished != NIL)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("publication %s does not list %d tables of the source (the source was not locked)",
-							ZDM_PUBLICATION, list_length(unpublished)),
+					 errmsg_plural("publication %s does not list %d table of the source (the source was not locked)",
+								   "publication %s does not list %d tables of the source (the source was not locked)",
+								   list_length(unpublished),
+								   ZDM_PUBLICATION, list_length(unpublished)),
 					 errdetail("Tables created on the source after zdm.init are not replicated, and their rows would not reach this target: %s.",
 							   names.data),
 					 errhint("On the source run ALTER PUBLICATION %s ADD TABLE for each of them (zdm.status() lists the statement), then here ALTER SUBSCRIPTION %s REFRESH PUBLICATION, wait until zdm.status() is ready, and cut over again; or drop them on the source.",
