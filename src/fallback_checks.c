@@ -354,10 +354,13 @@ check_target_wal_senders(FallbackContext *ctx, CheckResult *result)
  * UPDATE and DELETE are published only for tables with a replica identity:
  * every table the forward subscription fills, and the partitions of those
  * partitioned here (pg_partition_tree gives no row for a plain table).
+ * The names are built in the caller's context: SPI's goes at SPI_finish.
  */
 static void
 check_fallback_replica_identity(FallbackContext *ctx, CheckResult *result)
 {
+	MemoryContext callercxt = CurrentMemoryContext;
+	MemoryContext oldcxt;
 	uint64		i;
 
 	SPI_connect();
@@ -379,6 +382,7 @@ check_fallback_replica_identity(FallbackContext *ctx, CheckResult *result)
 						"          WHERE x.indrelid = c.oid AND x.indisreplident))) "
 						"ORDER BY 1", 0, NULL, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the replica identities");
+	oldcxt = MemoryContextSwitchTo(callercxt);
 	for (i = 0; i < SPI_processed; i++)
 	{
 		char	   *name = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
@@ -387,6 +391,7 @@ check_fallback_replica_identity(FallbackContext *ctx, CheckResult *result)
 								  psprintf("%s (no key): ALTER TABLE %s REPLICA IDENTITY FULL",
 										   name, name));
 	}
+	MemoryContextSwitchTo(oldcxt);
 	SPI_finish();
 	result->ok = result->objects == NIL;
 	result->detail = result->ok ?
@@ -406,6 +411,8 @@ check_fallback_replica_identity(FallbackContext *ctx, CheckResult *result)
 static void
 check_fallback_columns(FallbackContext *ctx, CheckResult *result)
 {
+	MemoryContext callercxt = CurrentMemoryContext;
+	MemoryContext oldcxt;
 	RemoteResult *res;
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1];
@@ -440,6 +447,7 @@ check_fallback_columns(FallbackContext *ctx, CheckResult *result)
 						"      <> ALL ($1::pg_catalog.text[]) "
 						"ORDER BY 1, 2", 1, types, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not compare the columns");
+	oldcxt = MemoryContextSwitchTo(callercxt);
 	for (i = 0; i < SPI_processed; i++)
 	{
 		char	   *table = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
@@ -450,6 +458,7 @@ check_fallback_columns(FallbackContext *ctx, CheckResult *result)
 										   table, quote_identifier(column), table,
 										   quote_identifier(column)));
 	}
+	MemoryContextSwitchTo(oldcxt);
 	SPI_finish();
 	result->ok = result->objects == NIL;
 	result->detail = result->ok ?

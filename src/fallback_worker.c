@@ -213,6 +213,7 @@ check_all_tables_published(FallbackRun *run)
 	uint64		i;
 	int			nonempty = 0;
 
+	initStringInfo(&names);		/* before SPI_connect: it outlives SPI */
 	SPI_connect();
 	if (zdm_spi_execute("SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) "
 						"FROM pg_catalog.pg_class c "
@@ -229,7 +230,6 @@ check_all_tables_published(FallbackRun *run)
 						"        (SELECT relid FROM pg_catalog.pg_partition_ancestors(c.oid)))) "
 						"ORDER BY 1", 0, NULL, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not list the unpublished tables");
-	initStringInfo(&names);
 	if (SPI_processed > 0)
 	{
 		SPITupleTable *tables = SPI_tuptable;
