@@ -10,10 +10,14 @@ OBJS = \
 	src/copy_status.o \
 	src/cutover.o \
 	src/dsn.o \
+	src/fallback.o \
+	src/fallback_checks.o \
+	src/fallback_worker.o \
 	src/fence.o \
 	src/init.o \
 	src/pg_zdm.o \
 	src/remote.o \
+	src/reverse.o \
 	src/sequences.o \
 	src/source_features.o \
 	src/source.o \
@@ -33,7 +37,7 @@ SHLIB_LINK_INTERNAL = $(libpq)
 
 # The regression suite starts its own throwaway server (wal_level = logical);
 # the source is a second database of that same cluster.
-REGRESS = setup check init_basic ignore_missing defer_copy quoted_names bad_input abort verify parallel_copy
+REGRESS = setup check init_basic ignore_missing defer_copy quoted_names bad_input abort verify parallel_copy fallback
 REGRESS_OPTS = --temp-instance=tmp_check_regress --temp-config=test/regress.conf
 
 # TAP tests run separate source and target clusters.

@@ -173,14 +173,15 @@ remember_raw_password(const char *dsn)
 }
 
 /*
- * dsn_validate: check that a source DSN is usable and return it unchanged.
+ * dsn_validate: check that a DSN is usable and return it unchanged; side
+ * is "source" or "target", the server it names, for the messages.
  *
  * NULL, empty, malformed or with unknown keywords: an ERROR that shows
  * libpq's complaint but never the DSN.  Its password is remembered for the
  * log filter.
  */
 char *
-dsn_validate(const char *dsn)
+dsn_validate(const char *dsn, const char *side)
 {
 	PQconninfoOption *opts;
 	PQconninfoOption *opt;
@@ -189,7 +190,7 @@ dsn_validate(const char *dsn)
 	if (dsn == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("source connection string must not be null"),
+				 errmsg("%s connection string must not be null", side),
 				 errhint("Pass a libpq connection string such as 'host=old.example dbname=app user=repl'.")));
 
 	remember_raw_password(dsn);
@@ -197,8 +198,8 @@ dsn_validate(const char *dsn)
 	if (dsn[strspn(dsn, " \t\r\n")] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("source connection string is empty"),
-				 errdetail("An empty string would connect to this server's own defaults, not to a source."),
+				 errmsg("%s connection string is empty", side),
+				 errdetail("An empty string would connect to the defaults of this server's clients, which are not necessarily the %s.", side),
 				 errhint("Pass a libpq connection string such as 'host=old.example dbname=app user=repl'.")));
 
 	opts = PQconninfoParse(dsn, &err);
@@ -210,7 +211,7 @@ dsn_validate(const char *dsn)
 			PQfreemem(err);
 		ereport(ERROR,
 				(errcode(ERRCODE_SYNTAX_ERROR),
-				 errmsg("invalid source connection string"),
+				 errmsg("invalid %s connection string", side),
 				 errdetail_internal("%s", msg),
 				 errhint("Use libpq keyword=value pairs or a postgresql:// URI; see \"Connection Strings\" in the PostgreSQL documentation.")));
 	}
@@ -223,6 +224,52 @@ dsn_validate(const char *dsn)
 	PQconninfoFree(opts);
 
 	return pstrdup(dsn);
+}
+
+/*
+ * dsn_append_value: a value of a connection string, quoted as libpq reads
+ * it: in single quotes, with quotes and backslashes escaped by a backslash.
+ */
+void
+dsn_append_value(StringInfo buf, const char *value)
+{
+	const char *c;
+
+	appendStringInfoChar(buf, '\'');
+	for (c = value; *c; c++)
+	{
+		if (*c == '\'' || *c == '\\')
+			appendStringInfoChar(buf, '\\');
+		appendStringInfoChar(buf, *c);
+	}
+	appendStringInfoChar(buf, '\'');
+}
+
+/*
+ * dsn_is_local: does the DSN reach a server on this machine (a socket
+ * directory, the default socket, or a loopback address)?  Only what it
+ * says; a host name that resolves to this machine is not known to be.
+ */
+bool
+dsn_is_local(const char *dsn)
+{
+	PQconninfoOption *opts = PQconninfoParse(dsn, NULL);
+	PQconninfoOption *opt;
+	bool		local = true;
+
+	for (opt = opts; opt && opt->keyword != NULL; opt++)
+	{
+		const char *v = opt->val;
+
+		if ((strcmp(opt->keyword, "host") != 0 &&
+			 strcmp(opt->keyword, "hostaddr") != 0) || v == NULL || v[0] == '\0')
+			continue;
+		if (v[0] != '/' && v[0] != '@' && strcmp(v, "localhost") != 0 &&
+			strncmp(v, "127.", 4) != 0 && strcmp(v, "::1") != 0)
+			local = false;
+	}
+	PQconninfoFree(opts);
+	return local;
 }
 
 /*
@@ -244,8 +291,6 @@ dsn_mask(const char *dsn)
 	initStringInfo(&buf);
 	for (opt = opts; opt->keyword != NULL; opt++)
 	{
-		const char *c;
-
 		if (opt->val == NULL || opt->val[0] == '\0' ||
 			strchr(opt->dispchar, 'D') != NULL)
 			continue;
@@ -257,14 +302,7 @@ dsn_mask(const char *dsn)
 			appendStringInfoString(&buf, "********");
 			continue;
 		}
-		appendStringInfoChar(&buf, '\'');
-		for (c = opt->val; *c; c++)
-		{
-			if (*c == '\'' || *c == '\\')
-				appendStringInfoChar(&buf, '\\');
-			appendStringInfoChar(&buf, *c);
-		}
-		appendStringInfoChar(&buf, '\'');
+		dsn_append_value(&buf, opt->val);
 	}
 	PQconninfoFree(opts);
 	return buf.data;

@@ -113,6 +113,27 @@ fence_published_tables(PGconn *control)
 	"WHERE c.relkind = 'p'"
 
 /*
+ * The partitions below the published partitioned tables, as (nspname,
+ * relname).  A publication with publish_via_partition_root lists the
+ * partitioned table (the reverse publication of a fallback does, for a table
+ * partitioned on the target only): LOCK TABLE on it reaches its partitions,
+ * but its statement triggers do not fire for a write made to a partition
+ * directly.  Run inside fence_make_permanent's DO block.
+ */
+#define PARTITIONS_BELOW_SQL \
+	"WITH RECURSIVE down(relid) AS (" \
+	"  SELECT i.inhrelid FROM pg_publication_tables p " \
+	"  JOIN pg_namespace n ON n.nspname = p.schemaname " \
+	"  JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename " \
+	"  JOIN pg_inherits i ON i.inhparent = c.oid " \
+	"  WHERE p.pubname = '" ZDM_PUBLICATION "' AND c.relkind = 'p' " \
+	"  UNION " \
+	"  SELECT i.inhrelid FROM pg_inherits i JOIN down ON i.inhparent = down.relid) " \
+	"SELECT n.nspname, c.relname FROM down " \
+	"JOIN pg_class c ON c.oid = down.relid " \
+	"JOIN pg_namespace n ON n.oid = c.relnamespace"
+
+/*
  * fence_partitioned_parents: the partitioned tables above the published
  * tables (a publication lists leaf partitions), quoted and qualified, in
  * name order.  A write through a partitioned table locks it before its
@@ -192,8 +213,16 @@ enum
 	BLOCKER_SOURCE_ROLE
 };
 
+/* The call that retries a fence given up on the server control reaches. */
+static const char *
+fence_retry(PGconn *control)
+{
+	return strcmp(remote_side(control), "target") == 0 ?
+		"CALL zdm.fallback()" : "CALL zdm.cutover()";
+}
+
 /*
- * Terminate the source sessions that keep the fence from being granted.
+ * Terminate the sessions that keep the fence from being granted.
  * Returns how many were terminated.  When only sessions that the source
  * role may not terminate stand in the way -- a superuser's, or another
  * role's without pg_signal_backend -- waiting longer is pointless: throw,
@@ -248,25 +277,29 @@ terminate_blockers(PGconn *control, int fence_pid)
 		bool		superuser = super != NULL && strcmp(super, "t") == 0;
 		const char *role = remote_value(res, stuck, BLOCKER_SOURCE_ROLE);
 
+		const char *side = remote_side(control);
+		const char *retry = fence_retry(control);
+
 		user = quote_identifier(user ? user : "?");
 		ereport(ERROR,
 				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
-				 errmsg("could not fence writes: source session %s of %s %s holds a lock on a published table and role %s may not terminate it",
-						spid, superuser ? "superuser" : "role", user, role),
+				 errmsg("could not fence writes: %s session %s of %s %s holds a lock on a published table and role %s may not terminate it",
+						side, spid, superuser ? "superuser" : "role", user, role),
 				 errdetail("Session %s (user %s, application_name %s, transaction started %s, query started %s) was still in the way after zdm.lock_grace_period%s. %s "
-						   "The cutover gave up: the fence is released, the source is writable and replication goes on.",
+						   "The fence was given up and released: the %s is writable and replication goes on.",
 						   spid, user, quote_literal_cstr(app ? app : ""),
-						   xact ? xact : "(hidden: the source role is not in pg_read_all_stats)",
+						   xact ? xact : "(hidden: the role is not in pg_read_all_stats)",
 						   query ? query : "(hidden)",
 						   nstuck > 1 ? psprintf(", with %d more sessions it may not terminate", nstuck - 1) : "",
 						   superuser ?
 						   "Only a superuser may terminate a superuser's session." :
-						   "Terminating another role's session needs membership in pg_signal_backend."),
+						   "Terminating another role's session needs membership in pg_signal_backend.",
+						   side),
 				 superuser ?
-				 errhint("End that transaction (a superuser can run SELECT pg_terminate_backend(%s); on the source), or keep superusers from writing to the published tables during the cutover, then run CALL zdm.cutover() again.",
-						 spid) :
-				 errhint("On the source, GRANT pg_signal_backend TO %s; lets the fence end such sessions; or end that transaction (SELECT pg_terminate_backend(%s); on the source), then run CALL zdm.cutover() again.",
-						 role, spid)));
+				 errhint("End that transaction (a superuser can run SELECT pg_terminate_backend(%s); on the %s), or keep superusers from writing to the published tables meanwhile, then run %s again.",
+						 spid, side, retry) :
+				 errhint("On the %s, GRANT pg_signal_backend TO %s; lets the fence end such sessions; or end that transaction (SELECT pg_terminate_backend(%s); on the %s), then run %s again.",
+						 side, role, spid, side, retry)));
 	}
 	return terminated;
 }
@@ -301,10 +334,11 @@ fence_acquire(const char *dsn, PGconn *control, List *tables,
 	if (tables == NIL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("publication %s on the source has no tables to fence", ZDM_PUBLICATION)));
+				 errmsg("publication %s on the %s has no tables to fence", ZDM_PUBLICATION,
+						remote_side(control))));
 	parents = fence_partitioned_parents(control);
 
-	fence = remote_connect(dsn, "to fence writes");
+	fence = remote_connect_to(dsn, remote_side(control), "to fence writes");
 	remote_keep_across_abort(fence);
 	*fence_out = fence;
 
@@ -357,9 +391,9 @@ fence_acquire(const char *dsn, PGconn *control, List *tables,
 
 	if (terminated > 0)
 		ereport(NOTICE,
-				(errmsg_plural("terminated %d source session whose open write transaction blocked the fence",
-							   "terminated %d source sessions whose open write transactions blocked the fence",
-							   terminated, terminated),
+				(errmsg_plural("terminated %d %s session whose open write transaction blocked the fence",
+							   "terminated %d %s sessions whose open write transactions blocked the fence",
+							   terminated, terminated, remote_side(control)),
 				 errdetail("They were open longer than zdm.lock_grace_period; their transactions were rolled back and never acknowledged.")));
 }
 
@@ -400,9 +434,12 @@ fence_verify(PGconn *control, PGconn *fence, int ntables)
 	if (published != ntables || locked != ntables)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the published tables changed while the cutover fenced them"),
+				 errmsg("the published tables changed while they were fenced"),
 				 errdetail("The fence locked %d tables; the publication now has %ld, %ld of them locked. Writes were blocked; the fence is released.",
 						   ntables, published, locked),
+				 strcmp(remote_side(control), "target") == 0 ?
+				 errhint("Tables were added to or removed from publication %s here; restore it and run CALL zdm.fallback() again.",
+						 ZDM_PUBLICATION) :
 				 errhint("Run ALTER SUBSCRIPTION %s REFRESH PUBLICATION on this target (outside a transaction block), wait until zdm.status() is ready, and cut over again.",
 						 ZDM_SUBSCRIPTION)));
 }
@@ -411,9 +448,10 @@ fence_verify(PGconn *control, PGconn *fence, int ntables)
  * fence_make_permanent: in the fence transaction, create what keeps the
  * source read-only once the fence commits:
  *
- * - a trigger rejecting writes on every published table, and on the
+ * - a trigger rejecting writes on every published table, on the
  *   partitioned tables above them (a write through one fires its statement
- *   triggers, not its partitions');
+ *   triggers, not its partitions'), and on the partitions below a published
+ *   partitioned table (a write to one directly fires only its own);
  * - the same on every unlogged table (not replicated, so not fenced, but an
  *   application still pointed at the source must not write there either);
  *   each is given at most a second for its lock, and one that is busy or
@@ -426,6 +464,12 @@ fence_verify(PGconn *control, PGconn *fence, int ntables)
  *   included, so it pins its search_path: a caller's hostile one must not
  *   resolve the names it uses.
  *
+ * With let_in (a cutover with fallback: the name of the reverse
+ * subscription), the triggers let that subscription's workers write: their
+ * pids are in pg_stat_subscription, which no other session can fake (a
+ * session_replication_role = replica test would let any superuser's
+ * session through).  Apply fires statement triggers for TRUNCATE only.
+ *
  * One statement of constant size that loops over the catalogs on the source
  * (fence_verify proved that the publication is the fenced set): sending a
  * CREATE TRIGGER per table would make the message, and its parse on the
@@ -435,7 +479,7 @@ fence_verify(PGconn *control, PGconn *fence, int ntables)
  * (README, "What is not migrated").
  */
 void
-fence_make_permanent(PGconn *fence)
+fence_make_permanent(PGconn *fence, const char *let_in)
 {
 	StringInfoData sql;
 	SourceFeatures features;
@@ -448,17 +492,21 @@ fence_make_permanent(PGconn *fence)
 	appendStringInfo(&sql,
 					 "CREATE SCHEMA " ZDM_FENCE_SCHEMA "; "
 					 "CREATE FUNCTION " ZDM_FENCE_SCHEMA ".reject_write() "
-					 "RETURNS trigger LANGUAGE plpgsql AS $zdm$ BEGIN "
+					 "RETURNS trigger LANGUAGE plpgsql "
+					 "SET search_path = pg_catalog, pg_temp AS $zdm$ BEGIN "
+					 "%s"
 					 "RAISE EXCEPTION USING ERRCODE = 'read_only_sql_transaction', "
 					 "MESSAGE = 'this database was migrated by pg_zdm and is read-only', "
-					 "HINT = 'Write to the new server. To make this one writable again: "
+					 "HINT = 'Write to the server pg_zdm moved the application to. To make this one writable again: "
 					 "DROP SCHEMA " ZDM_FENCE_SCHEMA " CASCADE.'; "
 					 "END $zdm$; "
 					 "DO $zdm$ DECLARE t text; old_timeout text; BEGIN "
 					 "FOR t IN SELECT format('%%I.%%I', schemaname, tablename) "
 					 "  FROM pg_publication_tables WHERE pubname = '" ZDM_PUBLICATION "' "
 					 "  UNION ALL SELECT format('%%I.%%I', nspname, relname) "
-					 "  FROM (" PARTITIONED_PARENTS_SQL ") parents LOOP "
+					 "  FROM (" PARTITIONED_PARENTS_SQL ") parents "
+					 "  UNION ALL SELECT format('%%I.%%I', nspname, relname) "
+					 "  FROM (" PARTITIONS_BELOW_SQL ") below LOOP "
 					 "EXECUTE 'CREATE TRIGGER zdm_reject_write BEFORE INSERT OR UPDATE "
 					 "OR DELETE OR TRUNCATE ON ' || t || ' FOR EACH STATEMENT "
 					 "EXECUTE %s " ZDM_FENCE_SCHEMA ".reject_write()'; "
@@ -488,7 +536,7 @@ fence_make_permanent(PGconn *fence)
 					 "  WHERE object_type = ''table'' AND schema_name !~ ''^pg_temp'') THEN "
 					 "RAISE EXCEPTION USING ERRCODE = ''read_only_sql_transaction'', "
 					 "MESSAGE = ''this database was migrated by pg_zdm and is read-only: no new tables'', "
-					 "HINT = ''Write to the new server. To make this one writable again: "
+					 "HINT = ''Write to the server pg_zdm moved the application to. To make this one writable again: "
 					 "DROP SCHEMA " ZDM_FENCE_SCHEMA " CASCADE.''; "
 					 "END IF; END $f$'; "
 					 "EXECUTE 'CREATE EVENT TRIGGER zdm_reject_create ON ddl_command_end "
@@ -497,6 +545,11 @@ fence_make_permanent(PGconn *fence)
 					 "EXECUTE 'ALTER EVENT TRIGGER zdm_reject_create ENABLE ALWAYS'; "
 					 "END IF; "
 					 "END $zdm$",
+					 let_in ?
+					 psprintf("IF EXISTS (SELECT 1 FROM pg_catalog.pg_stat_subscription st "
+							  "JOIN pg_catalog.pg_subscription s ON s.oid = st.subid "
+							  "WHERE st.pid = pg_catalog.pg_backend_pid() AND s.subname = %s) THEN "
+							  "RETURN NULL; END IF; ", quote_literal_cstr(let_in)) : "",
 					 execute, execute, execute);
 	remote_send(fence, sql.data, "making the source read-only");
 	permanent_pending = true;
@@ -535,16 +588,18 @@ fence_finish_permanent(PGconn *fence)
 }
 
 /*
- * fence_commit: the point of no return.  Drop the publication and commit:
- * the read-only triggers become permanent and the locks go.  Never throws:
- * returns false when the commit could not be confirmed (fence_outcome then
- * says what happened).
+ * fence_commit: the point of no return.  Run before_commit (the cutover
+ * drops the publication, and with fallback enables the reverse
+ * subscription) and commit: the read-only triggers become permanent and the
+ * locks go.  Never throws: returns false when the commit could not be
+ * confirmed (fence_outcome then says what happened).
  */
 bool
-fence_commit(PGconn *fence)
+fence_commit(PGconn *fence, const char *before_commit)
 {
 	return remote_command_quietly(fence,
-								  "DROP PUBLICATION " ZDM_PUBLICATION "; COMMIT",
+								  before_commit ?
+								  psprintf("%s; COMMIT", before_commit) : "COMMIT",
 								  0, NULL, COMMIT_TIMEOUT_MS);
 }
 
@@ -600,8 +655,11 @@ fence_release(PGconn *fence, PGconn *control, const char *dsn)
 	char	   *reason;
 	bool		released = false;
 
+	const char *side;
+
 	if (fence == NULL)
 		return true;
+	side = remote_side(fence);
 	permanent_pending = false;
 	pid = PQbackendPID(fence);
 	remote_disconnect(fence);
@@ -615,8 +673,8 @@ fence_release(PGconn *fence, PGconn *control, const char *dsn)
 	remote_disconnect(helper);
 	if (!released)
 		ereport(WARNING,
-				(errmsg("could not make sure the fence session on the source has ended"),
-				 errdetail("Its lock_timeout or zdm.fence_idle_timeout ends it on the source."),
-				 errhint("On the source, SELECT pg_terminate_backend(%d) ends it now.", pid)));
+				(errmsg("could not make sure the fence session on the %s has ended", side),
+				 errdetail("Its lock_timeout or zdm.fence_idle_timeout ends it there."),
+				 errhint("On the %s, SELECT pg_terminate_backend(%d) ends it now.", side, pid)));
 	return released;
 }

@@ -22,12 +22,16 @@
 
 #include "fmgr.h"
 #include "libpq-fe.h"
+#include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
 #include "storage/latch.h"
 #include "storage/spin.h"
 #include "utils/timestamp.h"
 
 #include "compat.h"
+
+struct ReturnSetInfo;
+struct dsm_segment;
 
 /* Fixed names of the objects a migration creates. */
 #define ZDM_PUBLICATION		"zdm_pub"
@@ -46,8 +50,10 @@ extern bool zdm_copy_binary;
 extern int	zdm_copy_set_aside_size_kb;
 
 /* dsn.c */
-extern char *dsn_validate(const char *dsn);
+extern char *dsn_validate(const char *dsn, const char *side);
 extern char *dsn_mask(const char *dsn);
+extern void dsn_append_value(StringInfo buf, const char *value);
+extern bool dsn_is_local(const char *dsn);
 extern int	dsn_connect_timeout(const char *dsn);
 extern void dsn_install_log_filter(void);
 
@@ -83,6 +89,9 @@ extern PGconn *remote_connect(const char *dsn, const char *purpose);
 extern PGconn *remote_try_connect(const char *dsn, char **reason);
 extern PGconn *remote_connect_replication(const char *dsn, const char *purpose);
 extern void remote_keep_across_abort(PGconn *conn);
+extern PGconn *remote_connect_to(const char *dsn, const char *side,
+								 const char *purpose);
+extern const char *remote_side(PGconn *conn);
 extern PGconn *remote_connect_quietly(const char *dsn, int timeout_ms,
 									  char **reason);
 extern void remote_disconnect(PGconn *conn);
@@ -120,6 +129,10 @@ typedef struct MigrationState
 	char	   *phase;
 	char	   *final_lsn;		/* NULL until cut over */
 	char	   *completed_at;	/* NULL until cut over */
+	char	   *fallback_conninfo;	/* NULL unless cut over with fallback */
+	char	   *fallback_display;
+	char	   *fallback_name;	/* reverse subscription and slot */
+	char	   *fallback_lsn;	/* NULL until fallen back */
 } MigrationState;
 
 extern int	zdm_spi_execute(const char *sql, int nargs, Oid *types,
@@ -131,6 +144,9 @@ extern void state_insert(const char *conninfo, const char *slot_name,
 extern void state_set_phase(const char *phase);
 extern void state_begin_detach(const char *final_lsn);
 extern void state_complete(const char *final_lsn, double writes_blocked_ms);
+extern void state_set_fallback(const char *conninfo, const char *name);
+extern void state_begin_fallback_detach(const char *final_lsn);
+extern void state_fallen_back(double writes_blocked_ms);
 extern void state_delete(void);
 extern void event_log(const char *event, const char *fmt,...) pg_attribute_printf(2, 3);
 extern bool migration_lock_try(void);
@@ -139,6 +155,7 @@ extern bool migration_lock_held_elsewhere(void);
 extern void require_nonatomic(FunctionCallInfo fcinfo, const char *procname,
 							  const char *why);
 extern char *target_slot_name(void);
+extern char *fallback_name(void);
 extern void as_state_owner(void (*fn) (void *arg), void *arg);
 
 /* checks.c: one preflight check's outcome, a row of zdm.check */
@@ -157,6 +174,7 @@ typedef struct CheckResult
 
 extern List *run_checks(PGconn *conn, bool ignore_missing, bool defer_copy,
 					   List **published, bool *explicit_list);
+extern void check_put_rows(struct ReturnSetInfo *rsinfo, List *checks);
 
 /* copy.c: the parallel initial copy */
 #define ZDM_COPY_MAX_JOBS	16
@@ -196,7 +214,26 @@ extern char *subscription_table_mismatch(Oid subid, List *published,
 extern bool source_drop_slots(PGconn *conn, const char *slot_name, Oid subid,
 							  int timeout_ms);
 extern bool source_drop_publication(PGconn *conn, int timeout_ms);
+extern List *source_unpublished_tables(PGconn *conn);
 extern bool source_end_session(PGconn *conn, int pid, int wait_ms);
+
+/* fallback_checks.c: what a cutover with fallback needs */
+extern List *fallback_checks(const char *source_dsn, const char *target_dsn);
+extern void fallback_refuse(List *checks);
+extern char *fallback_target_dsn(text *arg, const char *source_dsn);
+
+/* reverse.c: the reverse replication, from this target to the source */
+extern void reverse_prepare(PGconn *source, PGconn *target,
+							const char *target_dsn, const char *name);
+extern void reverse_skip_applied(PGconn *target, const char *name);
+extern char *reverse_mark_start(PGconn *target, const char *name);
+extern char *reverse_start_sql(const char *name, const char *start);
+extern bool reverse_drop_subscription(PGconn *source, const char *name,
+									  int timeout_ms);
+extern bool reverse_drop_target(PGconn *target, const char *name,
+								int timeout_ms);
+extern bool reverse_remove(PGconn *source, PGconn *target, const char *name,
+						   int timeout_ms);
 
 /* fence.c */
 typedef enum FenceOutcome
@@ -210,10 +247,10 @@ extern void fence_acquire(const char *dsn, PGconn *control, List *tables,
 						  PGconn **fence_out, int lock_timeout_ms,
 						  void (*still_wanted) (void *arg), void *arg);
 extern void fence_verify(PGconn *control, PGconn *fence, int ntables);
-extern void fence_make_permanent(PGconn *fence);
+extern void fence_make_permanent(PGconn *fence, const char *let_in);
 extern void fence_ping(PGconn *fence);
 extern void fence_finish_permanent(PGconn *fence);
-extern bool fence_commit(PGconn *fence);
+extern bool fence_commit(PGconn *fence, const char *before_commit);
 extern FenceOutcome fence_outcome(const char *dsn, int fence_pid);
 extern bool fence_release(PGconn *fence, PGconn *control, const char *dsn);
 extern List *fence_published_tables(PGconn *control);
@@ -235,15 +272,20 @@ typedef struct SequenceCache SequenceCache;
 extern SequenceCache *sequences_prefetch(PGconn *source);
 extern void sequences_sync(PGconn *source, int64 buffer, SequenceCache *cache,
 						   SequenceSync *result);
+extern void sequences_push(PGconn *source, int64 buffer, int64 *set,
+						   int *skipped);
 
 /*
  * The cutover: shared between the caller of zdm.cutover (cutover.c) and the
  * background worker that does the work (worker.c), in a DSM segment followed
  * by the message queue that carries the worker's NOTICEs and ERROR back.
  */
+#define ZDM_DSN_MAX	4096
+
 typedef struct CutoverShared
 {
 	slock_t		mutex;
+	bool		fallback;		/* zdm.fallback(), not zdm.cutover() */
 	Oid			database_id;
 	Oid			user_id;
 	int64		timeout_ms;
@@ -255,14 +297,35 @@ typedef struct CutoverShared
 	bool		abort_requested;	/* the caller gave up: unlock and stop */
 	bool		past_no_return; /* the source is read-only for good */
 	bool		succeeded;
+	char		target_dsn[ZDM_DSN_MAX];	/* cutover with fallback: how the
+											 * source reaches this target */
 } CutoverShared;
 
 #define CUTOVER_QUEUE_SIZE	65536
 
-/* cutover.c: refusals shared by the caller and the worker */
+/* cutover.c: refusals shared by the caller and the worker, and the caller's
+ * side of both cutover and fallback workers */
 extern void load_migration_to_cut_over(MigrationState *state);
+extern int64 timeout_argument(FunctionCallInfo fcinfo);
+extern int64 sequence_buffer_argument(FunctionCallInfo fcinfo);
+extern void run_worker(const char *function_name, int64 timeout_ms,
+					   int64 sequence_buffer, bool fallback,
+					   const char *target_dsn);
 pg_noreturn extern void refuse_unfinished_copy(void);
 
+/* worker.c: the cutover worker, and what the fallback worker shares */
+extern CutoverShared *worker_attach(Datum main_arg, const char *type,
+									struct dsm_segment **segp);
+extern void worker_run(void (*steps) (void *),
+					   void (*record_failure) (void *, const char *),
+					   void *arg, MemoryContext cxt);
+extern bool worker_abort_requested(CutoverShared *shared);
+extern void worker_nap(void);
+extern void worker_sleep_ms(int ms);
 extern PGDLLEXPORT void zdm_cutover_worker_main(Datum main_arg);
+
+/* fallback_worker.c */
+extern void load_migration_to_fall_back(MigrationState *state);
+extern PGDLLEXPORT void zdm_fallback_worker_main(Datum main_arg);
 
 #endif							/* PG_ZDM_H */

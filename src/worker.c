@@ -24,6 +24,11 @@
  * failing, and reads the error counts on every poll to release the fence
  * as soon as it fails again (check_apply_errors).
  *
+ * A cutover with fallback also prepares the reverse replication before it
+ * fences (reverse.c), marks where it starts once the target has caught up,
+ * and enables it in the transaction that commits the fence; a failure
+ * before that removes it again.
+ *
  * Catch-up is proven by either of two facts: the slot on the source has
  * confirmed_flush_lsn >= final position (applied and flushed here), or
  * every table is ready and the apply worker has reported a position
@@ -44,11 +49,13 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
+#include "postmaster/bgwriter.h"
 #include "storage/dsm.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "storage/shm_mq.h"
+#include "storage/standby.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -71,6 +78,9 @@
 /* How long the end of a cutover waits for the source to drop the slot. */
 #define DETACH_SOURCE_TIMEOUT_MS	30000
 
+/* How long a failed cutover may take to remove the reverse replication. */
+#define REVERSE_UNDO_TIMEOUT_MS		10000
+
 /* Everything one cutover run holds. */
 typedef struct CutoverRun
 {
@@ -87,6 +97,13 @@ typedef struct CutoverRun
 	int64		apply_errors;	/* error counts when the cutover started */
 	int64		sync_errors;
 	SequenceCache *sequences;	/* read before the fence, in cxt */
+	char	   *target_dsn;		/* with fallback: how the source reaches us */
+	char	   *fallback_name;	/* with fallback: reverse subscription, slot */
+	PGconn	   *target;			/* with fallback: this target, via target_dsn */
+	bool		reverse_prepared;	/* reverse objects may exist: undo them */
+	bool		source_superuser;	/* with fallback: reverse_start_sql can
+									 * advance the origin there */
+	char	   *reverse_start;	/* with fallback: where the reverse stream starts */
 } CutoverRun;
 
 /* What one poll of the catch-up sees. */
@@ -122,8 +139,11 @@ in_transaction(void (*fn) (CutoverRun *), CutoverRun *run)
 	MemoryContextSwitchTo(oldcxt);
 }
 
-static bool
-abort_requested(CutoverShared *shared)
+/*
+ * worker_abort_requested: has the caller of a cutover or fallback given up?
+ */
+bool
+worker_abort_requested(CutoverShared *shared)
 {
 	bool		requested;
 
@@ -140,7 +160,7 @@ static void
 check_still_wanted(CutoverRun *run, const char *waiting_for)
 {
 	CHECK_FOR_INTERRUPTS();
-	if (abort_requested(run->shared))
+	if (worker_abort_requested(run->shared))
 		ereport(ERROR,
 				(errcode(ERRCODE_QUERY_CANCELED),
 				 errmsg("cutover cancelled while %s", waiting_for),
@@ -265,12 +285,24 @@ poll_progress(CutoverRun *run, const char *lsn)
 	return p;
 }
 
-static void
-nap(void)
+/*
+ * worker_sleep_ms: wait ms, or less if the latch is set.
+ */
+void
+worker_sleep_ms(int ms)
 {
 	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-					 zdm_poll_interval_ms, PG_WAIT_EXTENSION);
+					 ms, PG_WAIT_EXTENSION);
 	ResetLatch(MyLatch);
+}
+
+/*
+ * worker_nap: wait zdm.poll_interval, or less if the latch is set.
+ */
+void
+worker_nap(void)
+{
+	worker_sleep_ms(zdm_poll_interval_ms);
 }
 
 /*
@@ -413,7 +445,7 @@ come_close(CutoverRun *run)
 			start_lsn = NULL;	/* not failing: stop watching */
 		if (close && start_lsn == NULL)
 			break;
-		nap();
+		worker_nap();
 	}
 	MemoryContextSwitchTo(oldcxt);
 	MemoryContextDelete(loopcxt);
@@ -486,7 +518,7 @@ wait_for_catchup(CutoverRun *run)
 			last_notice = now;
 			last_behind = p.behind;
 		}
-		nap();
+		worker_nap();
 	}
 	MemoryContextSwitchTo(oldcxt);
 	MemoryContextDelete(loopcxt);
@@ -579,7 +611,9 @@ detach_target(CutoverRun *run)
 			(errmsg("cutover complete: writes were blocked on the source for %.1f ms; point the application at this server now",
 					run->blocked_ms),
 			 errdetail("Final source position %s. The source stays read-only (schema %s holds its write-rejecting triggers); the slot is dropped there next, see zdm.event_log.",
-					   run->final_lsn, ZDM_FENCE_SCHEMA)));
+					   run->final_lsn, ZDM_FENCE_SCHEMA),
+			 run->fallback_name ?
+			 errhint("Writes made here are replicated back to the source. CALL zdm.fallback() moves the application back; CALL zdm.finish() ends the migration and the reverse replication.") : 0));
 }
 
 static void
@@ -649,12 +683,16 @@ commit_fence(CutoverRun *run)
 	FenceOutcome outcome;
 
 	fence_finish_permanent(run->fence);
+	if (run->fallback_name != NULL)
+		remote_command(run->fence,
+					   reverse_start_sql(run->fallback_name, run->reverse_start),
+					   "starting the reverse replication");
 
 	SpinLockAcquire(&run->shared->mutex);
 	run->shared->past_no_return = true;
 	SpinLockRelease(&run->shared->mutex);
 
-	if (fence_commit(run->fence))
+	if (fence_commit(run->fence, "DROP PUBLICATION " ZDM_PUBLICATION))
 		return;
 	outcome = fence_outcome(run->state.source_conninfo, fence_pid);
 	if (outcome == FENCE_COMMITTED)
@@ -699,6 +737,36 @@ check_same_tables(CutoverRun *run)
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(callercxt);
 
+	/* a table created on the source after init would be left behind */
+	if (!run->state.ignore_missing)
+	{
+		List	   *unpublished = source_unpublished_tables(run->control);
+		StringInfoData names;
+		ListCell   *lc;
+
+		initStringInfo(&names);
+		foreach(lc, unpublished)
+		{
+			if (foreach_current_index(lc) == 10)
+			{
+				appendStringInfo(&names, " and %d more", list_length(unpublished) - 10);
+				break;
+			}
+			appendStringInfo(&names, "%s%s", names.len > 0 ? ", " : "",
+							 (char *) lfirst(lc));
+		}
+		if (unpublished != NIL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg_plural("publication %s does not list %d table of the source (the source was not locked)",
+								   "publication %s does not list %d tables of the source (the source was not locked)",
+								   list_length(unpublished),
+								   ZDM_PUBLICATION, list_length(unpublished)),
+					 errdetail("Tables created on the source after zdm.init are not replicated, and their rows would not reach this target: %s.",
+							   names.data),
+					 errhint("On the source run ALTER PUBLICATION %s ADD TABLE for each of them (zdm.status() lists the statement), then here ALTER SUBSCRIPTION %s REFRESH PUBLICATION, wait until zdm.status() is ready, and cut over again; or drop them on the source.",
+							 ZDM_PUBLICATION, ZDM_SUBSCRIPTION)));
+	}
 	if (mismatch != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -721,6 +789,71 @@ set_final_lsn_from_source(CutoverRun *run)
 									 0, NULL, "reading the source's position");
 
 	run->final_lsn = pstrdup(remote_value(res, 0, 0));
+}
+
+static void
+record_fallback(CutoverRun *run)
+{
+	state_set_fallback(run->target_dsn, run->fallback_name);
+	event_log("fallback_prepared",
+			  "publication %s and slot %s here, disabled subscription %s on the source reaching %s",
+			  ZDM_PUBLICATION, run->fallback_name, run->fallback_name,
+			  dsn_mask(run->target_dsn));
+}
+
+static void
+forget_fallback(CutoverRun *run)
+{
+	state_set_fallback(NULL, NULL);
+}
+
+/*
+ * A cutover without fallback after one with fallback that failed and could
+ * not remove its reverse replication: remove it now, before any lock, or a
+ * disabled subscription and a slot holding WAL here would stay behind.
+ */
+static void
+remove_leftover_fallback(CutoverRun *run)
+{
+	char	   *reason = NULL;
+	PGconn	   *target = remote_connect_quietly(run->state.fallback_conninfo,
+												5000, &reason);
+
+	if (!reverse_remove(run->control, target, run->state.fallback_name,
+						REVERSE_UNDO_TIMEOUT_MS))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("could not remove the reverse replication an earlier cutover with fallback left"),
+				 errdetail("Subscription %s on the source, or slot %s or publication %s on this target, is still there. The source was not locked.",
+						   run->state.fallback_name, run->state.fallback_name, ZDM_PUBLICATION),
+				 errhint("Drop them by hand, or CALL zdm.abort(), and try again.")));
+	remote_disconnect(target);
+	in_transaction(forget_fallback, run);
+}
+
+/*
+ * Before any lock: create the reverse replication's objects, disabled
+ * (reverse.c).  Recorded first, so that whatever happens next knows what
+ * to remove.
+ */
+static void
+prepare_fallback(CutoverRun *run)
+{
+	run->fallback_name = fallback_name();
+	run->target = remote_connect_to(run->target_dsn, "target",
+									"to set up the fallback");
+	remote_keep_across_abort(run->target);
+	in_transaction(record_fallback, run);
+	run->reverse_prepared = true;
+	reverse_prepare(run->control, run->target, run->target_dsn,
+					run->fallback_name);
+	run->source_superuser =
+		strcmp(remote_value(remote_query(run->control,
+										 "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+										 0, NULL, "reading the source role"), 0, 0), "t") == 0;
+	ereport(NOTICE,
+			(errmsg("reverse replication prepared: subscription %s on the source, disabled until the cutover commits",
+					run->fallback_name)));
 }
 
 /*
@@ -748,6 +881,9 @@ cutover_steps(CutoverRun *run)
 		ereport(NOTICE,
 				(errmsg("finishing the detach of an interrupted cutover"),
 				 errdetail("The source was made read-only for good before the interruption.")));
+		SpinLockAcquire(&run->shared->mutex);
+		run->shared->past_no_return = true;
+		SpinLockRelease(&run->shared->mutex);
 		if (run->state.final_lsn)
 			run->final_lsn = run->state.final_lsn;
 		else
@@ -760,9 +896,23 @@ cutover_steps(CutoverRun *run)
 
 	check_subscription_ready(run);
 	tables = check_same_tables(run);
+	if (run->target_dsn == NULL && run->state.fallback_name != NULL)
+		remove_leftover_fallback(run);
 	in_transaction(mark_cutover_started, run);
+	if (run->target_dsn != NULL)
+		prepare_fallback(run);
 
 	come_close(run);
+	if (run->fallback_name != NULL)
+	{
+		/*
+		 * Decoding, the slot's advance too, starts at its restart point,
+		 * which moves only past a record of the running transactions: log
+		 * one, so that the advance under the fence decodes little.
+		 */
+		XLogFlush(LogStandbySnapshot());
+		reverse_skip_applied(run->target, run->fallback_name);
+	}
 	prefetch_sequences(run);
 	run->fence_started = GetCurrentTimestamp();
 	fence_acquire(dsn, run->control, tables, &run->fence,
@@ -771,7 +921,7 @@ cutover_steps(CutoverRun *run)
 							INT_MAX),
 				  still_wanted_while_fencing, run);
 	/* the triggers are created while the rest goes on */
-	fence_make_permanent(run->fence);
+	fence_make_permanent(run->fence, run->fallback_name);
 	fence_verify(run->control, run->fence, list_length(tables));
 	ereport(NOTICE,
 			(errmsg("writes blocked on the source: %d tables fenced in %.1f ms",
@@ -791,11 +941,22 @@ cutover_steps(CutoverRun *run)
 					run->final_lsn,
 					(double) (GetCurrentTimestamp() - run->fence_started) / 1000.0)));
 
+	if (run->fallback_name != NULL)
+	{
+		run->reverse_start = reverse_mark_start(run->target, run->fallback_name);
+		ereport(NOTICE,
+				(errmsg("reverse replication will start at this target's position %s",
+						run->reverse_start)));
+	}
+
 	check_still_wanted(run, "about to detach");
 	in_transaction(mark_detaching, run);
 	remote_set_deadline(TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													DETACH_SOURCE_TIMEOUT_MS));
 	commit_fence(run);
+	/* see reverse_start_sql: without the origin, a checkpoint keeps the start */
+	if (run->fallback_name != NULL && !run->source_superuser)
+		RequestCheckpoint(CHECKPOINT_IMMEDIATE | CHECKPOINT_FORCE | CHECKPOINT_WAIT);
 	detach_target(run);
 }
 
@@ -814,6 +975,16 @@ release_fence_on_failure(int code, Datum arg)
 	{
 		fence_release(run->fence, run->control, run->state.source_conninfo);
 		run->fence = NULL;
+		if (run->reverse_prepared &&
+			reverse_remove(run->control, run->target, run->fallback_name,
+						   REVERSE_UNDO_TIMEOUT_MS))
+			run->reverse_prepared = false;
+		else if (run->reverse_prepared)
+			ereport(WARNING,
+					(errmsg("could not remove the reverse replication this cutover prepared"),
+					 errdetail("Subscription %s on the source, or slot %s or publication %s on this target, may be left.",
+							   run->fallback_name, run->fallback_name, ZDM_PUBLICATION),
+					 errhint("The next CALL zdm.cutover(fallback => true), or CALL zdm.abort(), removes them.")));
 	}
 }
 
@@ -832,14 +1003,118 @@ cutover_steps_or_release(CutoverRun *run)
 	PG_END_ENSURE_ERROR_CLEANUP(release_fence_on_failure, PointerGetDatum(run));
 }
 
-static char *failure_message = NULL;
+static const char *failure_message = NULL;
 
 static void
 record_failure(CutoverRun *run)
 {
 	if (!run->shared->past_no_return)
+	{
 		state_set_phase("streaming");
+		/* what could not be removed stays recorded, for abort and the next cutover */
+		if (run->fallback_name != NULL && !run->reverse_prepared)
+			state_set_fallback(NULL, NULL);
+	}
 	event_log("cutover_failed", "%s", failure_message);
+}
+
+/*
+ * worker_run: run steps(arg) and, when it throws, leave every transaction,
+ * let record_failure(arg, message) note the failure, and rethrow: the
+ * caller gets the error through the message queue.  Shared by the cutover
+ * and fallback workers; steps has its own cleanup for the fence.
+ */
+void
+worker_run(void (*steps) (void *), void (*record_failure) (void *, const char *),
+		   void *arg, MemoryContext cxt)
+{
+	PG_TRY();
+	{
+		steps(arg);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		remote_set_deadline(0);
+		record_failure(arg, edata->message);
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
+}
+
+/* worker_run's view of the cutover */
+static void
+run_cutover_steps(void *arg)
+{
+	cutover_steps_or_release((CutoverRun *) arg);
+}
+
+static void
+record_cutover_failure(void *arg, const char *message)
+{
+	failure_message = message;
+	in_transaction(record_failure, (CutoverRun *) arg);
+}
+
+/*
+ * worker_attach: the start of a cutover or fallback worker (main_arg is the
+ * DSM handle): signals, the shared state, NOTICEs and ERRORs redirected to
+ * the caller's queue, a connection to the caller's database as the
+ * caller's user with the caller's zdm.* settings, and the migration lock.
+ */
+CutoverShared *
+worker_attach(Datum main_arg, const char *type, dsm_segment **segp)
+{
+	dsm_segment *seg;
+	shm_mq	   *mq;
+	shm_mq_handle *mqh;
+	CutoverShared *shared;
+
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	CurrentResourceOwner = ResourceOwnerCreate(NULL, type);
+	seg = dsm_attach(DatumGetUInt32(main_arg));
+	if (seg == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the caller of %s went away before its worker started", type)));
+	dsm_pin_mapping(seg);
+	*segp = seg;
+
+	shared = dsm_segment_address(seg);
+	mq = (shm_mq *) ((char *) shared + MAXALIGN(sizeof(CutoverShared)));
+	shm_mq_set_sender(mq, MyProc);
+	mqh = shm_mq_attach(mq, seg, NULL);
+	pq_redirect_to_shm_mq(seg, mqh);
+
+	SpinLockAcquire(&shared->mutex);
+	shared->worker_latch = MyLatch;
+	SpinLockRelease(&shared->mutex);
+
+	BackgroundWorkerInitializeConnectionByOid(shared->database_id,
+											  shared->user_id, 0);
+	/* the settings of the session that called us */
+	zdm_lock_grace_ms = shared->lock_grace_ms;
+	zdm_fence_idle_timeout_ms = shared->fence_idle_timeout_ms;
+	zdm_poll_interval_ms = shared->poll_interval_ms;
+	/* JIT-compiling the catalog lookups of the sequence step costs ~1 s */
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	/* our state must be durable before either side is made read-only */
+	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
+	pgstat_report_appname(type);
+
+	if (!migration_lock_try())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("a cutover or another pg_zdm command is already running on this database"),
+				 errhint("Wait for it to finish; zdm.status() shows its progress.")));
+	return shared;
 }
 
 /*
@@ -849,52 +1124,15 @@ void
 zdm_cutover_worker_main(Datum main_arg)
 {
 	dsm_segment *seg;
-	shm_mq	   *mq;
-	shm_mq_handle *mqh;
 	CutoverRun	run;
-
-	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-
-	CurrentResourceOwner = ResourceOwnerCreate(NULL, "pg_zdm cutover");
-	seg = dsm_attach(DatumGetUInt32(main_arg));
-	if (seg == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the caller of zdm.cutover() went away before its worker started")));
-	dsm_pin_mapping(seg);
 
 	memset(&run, 0, sizeof(run));
 	run.cxt = AllocSetContextCreate(TopMemoryContext, "pg_zdm cutover",
 									ALLOCSET_DEFAULT_SIZES);
 	MemoryContextSwitchTo(run.cxt);
-	run.shared = dsm_segment_address(seg);
-	mq = (shm_mq *) ((char *) run.shared + MAXALIGN(sizeof(CutoverShared)));
-	shm_mq_set_sender(mq, MyProc);
-	mqh = shm_mq_attach(mq, seg, NULL);
-	pq_redirect_to_shm_mq(seg, mqh);
-
-	SpinLockAcquire(&run.shared->mutex);
-	run.shared->worker_latch = MyLatch;
-	SpinLockRelease(&run.shared->mutex);
-
-	BackgroundWorkerInitializeConnectionByOid(run.shared->database_id,
-											  run.shared->user_id, 0);
-	/* the settings of the session that called zdm.cutover() */
-	zdm_lock_grace_ms = run.shared->lock_grace_ms;
-	zdm_fence_idle_timeout_ms = run.shared->fence_idle_timeout_ms;
-	zdm_poll_interval_ms = run.shared->poll_interval_ms;
-	/* JIT-compiling the catalog lookups of the sequence step costs ~1 s */
-	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
-	/* our state must be durable before the source is made read-only */
-	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
-	pgstat_report_appname("pg_zdm cutover");
-
-	if (!migration_lock_try())
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_IN_USE),
-				 errmsg("a cutover or another pg_zdm command is already running on this database"),
-				 errhint("Wait for it to finish; zdm.status() shows its progress.")));
+	run.shared = worker_attach(main_arg, "pg_zdm cutover", &seg);
+	if (run.shared->target_dsn[0] != '\0')
+		run.target_dsn = pstrdup(run.shared->target_dsn);
 
 	in_transaction(load_migration, &run);
 	run.deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
@@ -906,24 +1144,7 @@ zdm_cutover_worker_main(Datum main_arg)
 	 */
 	remote_set_deadline(TimestampTzPlusMilliseconds(run.deadline, 1000));
 
-	PG_TRY();
-	{
-		cutover_steps_or_release(&run);
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(run.cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortOutOfAnyTransaction();
-		failure_message = edata->message;
-		remote_set_deadline(0);
-		in_transaction(record_failure, &run);
-		ReThrowError(edata);
-	}
-	PG_END_TRY();
+	worker_run(run_cutover_steps, record_cutover_failure, &run, run.cxt);
 
 	/*
 	 * Release the caller: the target is independent.  Detaching the segment
@@ -933,6 +1154,7 @@ zdm_cutover_worker_main(Datum main_arg)
 	dsm_detach(seg);
 	run.shared = NULL;
 	remote_disconnect(run.fence);
+	remote_disconnect(run.target);
 	clean_source(&run);
 	remote_disconnect(run.control);
 	migration_lock_release();
