@@ -108,12 +108,12 @@ like($name, qr/^zdm_fallback_\d+_\d+$/, "the reverse replication's name is $name
 		fallback_source_workers fallback_target_wal_level fallback_target_slots
 		fallback_target_wal_senders fallback_replica_identity))
 	{
-		like($by_name{$check} // 'missing', qr/^\Q$check\E\|t\|/,
+		like($by_name{$check} // 'missing', qr/^\Q$check\E\|true\|/,
 			"zdm.check_fallback: $check is there and ok");
 	}
 	is(join(', ', grep { !/^fallback_/ } map { (split /\|/)[0] } @rows),
 		'', 'zdm.check_fallback: every check is named fallback_*');
-	is(join(', ', grep { !/\|t\|/ } @rows), '', 'zdm.check_fallback: every check is ok')
+	is(join(', ', grep { !/\|true\|/ } @rows), '', 'zdm.check_fallback: every check is ok')
 	  or diag explain \@rows;
 	is(reverse_objects($source, $target), '',
 		'zdm.check_fallback created nothing on either side');
