@@ -23,7 +23,8 @@ use ZdmTest;
 our @EXPORT = qw(start_fallback_target target_dsn fallback_name
   reverse_objects wait_reverse_streaming target_fenced_query
   table_digest keys_on acked_keys missing_keys log_position
-  apply_trouble_since reverse_apply_errors fallback_check_rows);
+  apply_trouble_since reverse_apply_errors fallback_check_rows
+  poll_while_running);
 
 # start_fallback_target(name, extra_conf): like ZdmTest's start_target, a
 # cluster with database "app" and the extension, but able to publish:
@@ -111,6 +112,26 @@ WHERE component = 'fallback' AND metric = 'state'}),
 	  || diag('zdm.status(): '
 		  . $target->safe_psql('app',
 			  "SELECT string_agg(component || '/' || metric || ': ' || coalesce(value, '') || ' ' || ok, '; ') FROM zdm.status()"));
+}
+
+# poll_while_running(node, sql, call): like poll_query_until on database
+# app, but gives up as soon as the statement started by start_statement
+# (call) has ended: a call that failed early need not be waited for until
+# the TAP timeout.  Returns whether sql returned 't'.
+sub poll_while_running
+{
+	my ($node, $sql, $call) = @_;
+	my $deadline = time() + $PostgreSQL::Test::Utils::timeout_default;
+
+	while (time() < $deadline)
+	{
+		return 1 if $node->safe_psql('app', $sql) eq 't';
+		eval { $call->{harness}->pump_nb; 1 };
+		return $node->safe_psql('app', $sql) eq 't'
+		  unless $call->{harness}->pumpable;
+		select(undef, undef, undef, 0.1);
+	}
+	return 0;
 }
 
 # target_fenced_query(tables...): SQL for the target, true when a session

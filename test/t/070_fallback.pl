@@ -5,10 +5,10 @@
 #
 #   1. zdm.check_fallback(target_dsn): every fallback_* check ok.
 #   2. Writers insert into the source (ZdmLoad: persistent, reconnecting,
-#      BEGIN READ WRITE); a target session holds the forward apply back, so
-#      that the target is behind when the fence comes and the forward apply
-#      writes rows here after the reverse slot was made: those rows must not
-#      go back to the source.  The cutover with fallback => true completes;
+#      BEGIN READ WRITE); the forward replication is held back (its
+#      walsender stopped) so that the target is behind when the fence comes
+#      and the forward apply writes rows here after the reverse slot was
+#      made: those rows must not go back to the source.  The cutover with fallback => true completes;
 #      before it fenced, the target already had publication zdm_pub and the
 #      slot zdm_fallback_<sysid>_<dboid>, the source the disabled
 #      subscription of that name.
@@ -136,14 +136,19 @@ ok( $fwd->wait_for(
 		sub { !grep { count_of($fwd, $_, 'ok') < 20 } keys %fwd_mode }),
 	'every writer on the source has commits acknowledged');
 
-# Hold the forward apply back (see the file header): released once the
-# source is fenced.
-my $stall = $target->background_psql('app');
-$stall->query_safe('BEGIN; LOCK TABLE t_keyless IN EXCLUSIVE MODE');
-ok( $target->poll_query_until('app', q{
-SELECT count(*) > 0 FROM pg_locks
-WHERE relation = 't_keyless'::regclass AND NOT granted}),
-	'the forward apply worker waits for a lock on the target');
+# Hold the forward replication back (see the file header): the source's
+# walsender of the forward slot is stopped (SIGSTOP) until the source is
+# fenced.  (A lock on a target table would also hold back the cutover's
+# CREATE PUBLICATION there, and a transaction with an xid the creation of
+# its slot.)  Writes go on meanwhile: the cutover comes close on the slot's
+# lag, which stays far below 1 MB.
+my $walsender = $source->safe_psql('app', q{
+SELECT active_pid FROM pg_replication_slots WHERE slot_name LIKE 'zdm\_%' AND active});
+like($walsender, qr/^\d+$/, 'the walsender of the forward slot runs on the source');
+my @stopped;
+END { kill 'CONT', @stopped if @stopped; }
+is(kill('STOP', $walsender), 1, 'the walsender of the forward slot is stopped');
+@stopped = ($walsender);
 my $acked_at_stall = scalar(acked_keys($fwd));
 ok($fwd->wait_for(sub { acked_keys($fwd) >= $acked_at_stall + 40 }),
 	'the writers go on while the target is held back');
@@ -151,7 +156,7 @@ ok($fwd->wait_for(sub { acked_keys($fwd) >= $acked_at_stall + 40 }),
 my $log_offset = log_position($source);
 my $call = start_cutover($target,
 	"timeout => '2 min', fallback => true, target_dsn => '$tdsn'");
-ok($source->poll_query_until('app', fence_held_query(@TABLES)),
+ok(poll_while_running($source, fence_held_query(@TABLES), $call),
 	'the cutover fences every table of the source');
 is( reverse_objects($source, $target),
 	"source: subscription $name (disabled); target: publication zdm_pub; target: slot $name",
@@ -163,8 +168,8 @@ is( reverse_objects($source, $target),
 	cmp_ok($behind, '>', 0,
 		"when the fence holds, $behind acknowledged commits are not on the target yet");
 }
-$stall->query_safe('COMMIT');
-$stall->quit;
+kill 'CONT', $walsender;
+@stopped = ();
 
 my ($ret, $stderr) = finish_cutover($call);
 is($ret, 0, 'the cutover with fallback succeeds under write load') or diag $stderr;
@@ -312,7 +317,7 @@ ok($bwd->wait_for(sub { acked_keys($bwd) >= $acked_at_stall + 40 }),
 	'the writers on the target go on while the source is held back');
 
 $call = start_statement($target, "CALL zdm.fallback(timeout => '2 min')");
-ok($target->poll_query_until('app', target_fenced_query(@TABLES)),
+ok(poll_while_running($target, target_fenced_query(@TABLES), $call),
 	'the fallback blocks writes to every table of the target');
 {
 	my %on_source = keys_on($source, @LOAD_TABLES);

@@ -285,7 +285,7 @@ foreach my $how ('cancel', 'terminate')
 	my $load = $rev->start_writers;
 	my $hold = hold_reverse_apply($label);
 	my $call = start_statement($target, "CALL zdm.fallback(timeout => '10 min')");
-	ok($target->poll_query_until('app', $target_fenced),
+	ok(poll_while_running($target, $target_fenced, $call),
 		"$label: the fallback blocks writes on the target");
 	ok( $target->poll_query_until('app', q{
 SELECT count(*) > 0 FROM pg_locks
@@ -302,7 +302,7 @@ WHERE relation = 'w'::regclass AND mode = 'RowExclusiveLock' AND NOT granted}),
 	my $load = $rev->start_writers;
 	my $hold = hold_reverse_apply($label);
 	my $call = start_statement($target, "CALL zdm.fallback(timeout => '15 s')");
-	ok($target->poll_query_until('app', $target_fenced),
+	ok(poll_while_running($target, $target_fenced, $call),
 		"$label: the fallback blocks writes on the target");
 	$source->stop('immediate');
 	my ($ret, $stderr) = finish_cutover($call);
