@@ -114,21 +114,24 @@ WHERE component = 'fallback' AND metric = 'state'}),
 			  "SELECT string_agg(component || '/' || metric || ': ' || coalesce(value, '') || ' ' || ok, '; ') FROM zdm.status()"));
 }
 
-# poll_while_running(node, sql, call): like poll_query_until on database
-# app, but gives up as soon as the statement started by start_statement
-# (call) has ended: a call that failed early need not be waited for until
-# the TAP timeout.  Returns whether sql returned 't'.
+# poll_while_running(node, sql, call, call_node): like poll_query_until on
+# database app of node, but gives up as soon as the statement started by
+# start_statement (call) on call_node (default: node) no longer runs (its
+# backend is not active any more): a call that ended early need not be
+# waited for until the TAP timeout.  Returns whether sql returned 't'.
 sub poll_while_running
 {
-	my ($node, $sql, $call) = @_;
+	my ($node, $sql, $call, $call_node) = @_;
 	my $deadline = time() + $PostgreSQL::Test::Utils::timeout_default;
+	$call_node //= $node;
 
 	while (time() < $deadline)
 	{
 		return 1 if $node->safe_psql('app', $sql) eq 't';
-		eval { $call->{harness}->pump_nb; 1 };
 		return $node->safe_psql('app', $sql) eq 't'
-		  unless $call->{harness}->pumpable;
+		  if $call_node->safe_psql('app',
+			"SELECT count(*) FROM pg_stat_activity WHERE pid = $call->{pid} AND state = 'active'")
+		  eq '0';
 		select(undef, undef, undef, 0.1);
 	}
 	return 0;

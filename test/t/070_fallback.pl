@@ -156,7 +156,7 @@ ok($fwd->wait_for(sub { acked_keys($fwd) >= $acked_at_stall + 40 }),
 my $log_offset = log_position($source);
 my $call = start_cutover($target,
 	"timeout => '2 min', fallback => true, target_dsn => '$tdsn'");
-ok(poll_while_running($source, fence_held_query(@TABLES), $call),
+ok(poll_while_running($source, fence_held_query(@TABLES), $call, $target),
 	'the cutover fences every table of the source');
 is( reverse_objects($source, $target),
 	"source: subscription $name (disabled); target: publication zdm_pub; target: slot $name",
