@@ -10,10 +10,14 @@ OBJS = \
 	src/copy_status.o \
 	src/cutover.o \
 	src/dsn.o \
+	src/fallback.o \
+	src/fallback_checks.o \
+	src/fallback_worker.o \
 	src/fence.o \
 	src/init.o \
 	src/pg_zdm.o \
 	src/remote.o \
+	src/reverse.o \
 	src/sequences.o \
 	src/source_features.o \
 	src/source.o \

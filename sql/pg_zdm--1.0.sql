@@ -21,19 +21,30 @@ CREATE TABLE zdm.migration (
     ignore_missing      boolean NOT NULL,
     defer_copy          boolean NOT NULL,
     phase               text NOT NULL
-        CHECK (phase IN ('streaming', 'cutover', 'detaching', 'completed')),
+        CHECK (phase IN ('streaming', 'cutover', 'detaching', 'completed',
+                         'fallback', 'fallback_detaching', 'fallen_back')),
     created_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
     cutover_started_at  timestamptz,
     completed_at        timestamptz,
     final_lsn           pg_catalog.pg_lsn,
-    writes_blocked_ms   double precision
+    writes_blocked_ms   double precision,
+    fallback_conninfo   text,
+    fallback_display    text,
+    fallback_name       name,
+    fallback_lsn        pg_catalog.pg_lsn,
+    fallback_at         timestamptz,
+    fallback_blocked_ms double precision
 );
 COMMENT ON TABLE zdm.migration IS
     'the migration in progress or completed on this target database (superuser only: holds the source password)';
 COMMENT ON COLUMN zdm.migration.source_display IS
     'the source connection string with its password masked';
 COMMENT ON COLUMN zdm.migration.phase IS
-    'streaming after init; cutover while writes are fenced; detaching once the source fence is permanent; completed';
+    'streaming after init; cutover while writes are fenced; detaching once the source fence is permanent; completed; then, after a cutover with fallback, fallback while writes are fenced here, fallback_detaching once this target is read-only for good, fallen_back';
+COMMENT ON COLUMN zdm.migration.fallback_conninfo IS
+    'how the source reaches this target for the reverse replication of a cutover with fallback (password included)';
+COMMENT ON COLUMN zdm.migration.fallback_name IS
+    'name of the reverse subscription on the source and of its slot on this target';
 
 CREATE TABLE zdm.event_log (
     id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -185,13 +196,80 @@ COMMENT ON FUNCTION zdm.tables() IS
  * position, move every sequence to the source's value plus sequence_buffer,
  * and detach.  Any failure before the detach leaves the source writable and
  * replication running.  After success the source stays read-only.
+ *
+ * With fallback => true the cutover also sets up the way back: it runs the
+ * checks of zdm.check_fallback first (and refuses, the source untouched,
+ * when one fails), then before fencing creates publication zdm_pub and a
+ * logical slot here and a disabled subscription on the source that reaches
+ * this target with target_dsn (NULL: host and port this session connected
+ * to, this database, the session user).  The subscription is enabled in the
+ * same transaction that makes the source read-only, starting at this
+ * target's position after the last change of the source was applied: every
+ * later write made here reaches the source, none of the source's own
+ * changes come back.  The source's read-only triggers let the reverse
+ * replication (session_replication_role = replica) through.
  */
 CREATE PROCEDURE zdm.cutover(timeout interval DEFAULT '5 min',
-                             sequence_buffer bigint DEFAULT 5000)
+                             sequence_buffer bigint DEFAULT 5000,
+                             fallback boolean DEFAULT false,
+                             target_dsn text DEFAULT NULL)
 AS 'MODULE_PATHNAME', 'zdm_cutover'
 LANGUAGE C;
-COMMENT ON PROCEDURE zdm.cutover(interval, bigint) IS
-    'fence writes on the source, catch up, move sequences ahead, detach';
+COMMENT ON PROCEDURE zdm.cutover(interval, bigint, boolean, text) IS
+    'fence writes on the source, catch up, move sequences ahead, detach; optionally set up the way back';
+
+/*
+ * zdm.check_fallback: the checks that zdm.cutover(fallback => true) runs
+ * before it locks anything, as rows like zdm.check's: this target reachable
+ * with target_dsn by a role that may replicate, wal_level = logical, a free
+ * slot and WAL sender here, a key on every migrated table, and on the
+ * source the privilege to create a subscription and a free worker for it.
+ * Whether the source can reach this target is proven when the cutover
+ * creates the subscription, still before any lock.  Changes nothing.
+ */
+CREATE FUNCTION zdm.check_fallback(target_dsn text DEFAULT NULL,
+                                   OUT name text,
+                                   OUT ok boolean,
+                                   OUT detail text,
+                                   OUT hint text,
+                                   OUT blocking boolean,
+                                   OUT objects text[])
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'zdm_check_fallback'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION zdm.check_fallback(text) IS
+    'check what a cutover with fallback needs; changes nothing';
+
+/*
+ * zdm.fallback: after a cutover with fallback, move the application back to
+ * the source: block every write here, wait in a background worker until the
+ * source has applied and flushed everything up to this target's final
+ * position, move the source's sequences to this target's value plus
+ * sequence_buffer, make this target read-only for good (its point of no
+ * return), make the source writable, and remove the reverse replication.
+ * Any failure before the point of no return leaves this target writable and
+ * the reverse replication running; call it again.
+ */
+CREATE PROCEDURE zdm.fallback(timeout interval DEFAULT '5 min',
+                              sequence_buffer bigint DEFAULT 5000)
+AS 'MODULE_PATHNAME', 'zdm_fallback'
+LANGUAGE C;
+COMMENT ON PROCEDURE zdm.fallback(interval, bigint) IS
+    'after a cutover with fallback: fence writes here, let the source catch up, make it writable again';
+
+/*
+ * zdm.finish: the migration is over.  After a cutover with fallback it
+ * removes the reverse replication (the subscription on the source, slot and
+ * publication here; the source stays read-only); after a fallback or a plain
+ * cutover there is nothing left to remove.  The migration is forgotten
+ * (zdm.event_log keeps its history).  Refused before the cutover: that is
+ * zdm.abort().
+ */
+CREATE PROCEDURE zdm.finish()
+AS 'MODULE_PATHNAME', 'zdm_finish'
+LANGUAGE C;
+COMMENT ON PROCEDURE zdm.finish() IS
+    'end a cut-over migration: remove the reverse replication and forget the migration';
 
 /*
  * zdm.abort: undo zdm.init: subscription, slot and publication dropped, state
@@ -233,7 +311,10 @@ REVOKE ALL ON FUNCTION zdm.check(text, boolean, boolean, text, integer) FROM PUB
 REVOKE ALL ON PROCEDURE zdm.init(text, boolean, boolean, text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION zdm.status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION zdm.tables() FROM PUBLIC;
-REVOKE ALL ON PROCEDURE zdm.cutover(interval, bigint) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE zdm.cutover(interval, bigint, boolean, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION zdm.check_fallback(text) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE zdm.fallback(interval, bigint) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE zdm.finish() FROM PUBLIC;
 REVOKE ALL ON PROCEDURE zdm.abort() FROM PUBLIC;
 REVOKE ALL ON FUNCTION zdm.verify(regclass[]) FROM PUBLIC;
 

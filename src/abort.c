@@ -67,6 +67,27 @@ clean_source(const MigrationState *state, Oid subid)
 }
 
 /*
+ * Remove what a cutover with fallback that failed before its point of no
+ * return could not remove itself; warn about what is left.
+ */
+static void
+clean_reverse(const MigrationState *state)
+{
+	char	   *reason = NULL;
+	PGconn	   *source = remote_try_connect(state->source_conninfo, &reason);
+	PGconn	   *target = remote_try_connect(state->fallback_conninfo, &reason);
+
+	if (source == NULL || target == NULL ||
+		!reverse_remove(source, target, state->fallback_name, ABORT_SOURCE_TIMEOUT_MS))
+		ereport(WARNING,
+				(errmsg("the reverse replication of an earlier cutover attempt may be left"),
+				 errhint("On the source: DROP SUBSCRIPTION IF EXISTS %s (after ALTER SUBSCRIPTION ... DISABLE and SET (slot_name = NONE)); here: SELECT pg_drop_replication_slot('%s'); DROP PUBLICATION IF EXISTS %s.",
+						 state->fallback_name, state->fallback_name, ZDM_PUBLICATION)));
+	remote_disconnect(source);
+	remote_disconnect(target);
+}
+
+/*
  * CALL zdm.abort()
  */
 Datum
@@ -94,16 +115,18 @@ zdm_abort(PG_FUNCTION_ARGS)
 					(errmsg("there is no migration to abort"),
 					 dropped ? errdetail("A stray subscription %s was dropped.", ZDM_SUBSCRIPTION) : 0));
 		}
-		else if (strcmp(state.phase, "completed") == 0 ||
-				 strcmp(state.phase, "detaching") == 0)
+		else if (strcmp(state.phase, "streaming") != 0 &&
+				 strcmp(state.phase, "cutover") != 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("the migration is %s and cannot be aborted",
-							strcmp(state.phase, "completed") == 0 ? "complete" : "being detached"),
-					 errdetail("The source was made read-only for good when the cutover passed its point of no return."),
-					 strcmp(state.phase, "completed") == 0 ?
-					 errhint("The target is independent now; the README says how to make the source writable by hand if you need it.") :
-					 errhint("Run CALL zdm.cutover() to finish the detach.")));
+					 errmsg("the migration is past its cutover and cannot be aborted"),
+					 errdetail("It is in phase %s: the source was made read-only for good when the cutover passed its point of no return.",
+							   state.phase),
+					 strcmp(state.phase, "detaching") == 0 ?
+					 errhint("Run CALL zdm.cutover() to finish the detach.") :
+					 strcmp(state.phase, "completed") == 0 && state.fallback_name ?
+					 errhint("CALL zdm.fallback() moves the application back to the source; CALL zdm.finish() ends the migration here.") :
+					 errhint("CALL zdm.finish() ends the migration; the README says how to make a read-only side writable by hand.")));
 		else
 		{
 			Oid			subid = subscription_oid();
@@ -114,6 +137,8 @@ zdm_abort(PG_FUNCTION_ARGS)
 			SPI_commit();
 			SPI_start_transaction();
 			clean_source(&state, subid);
+			if (state.fallback_name != NULL)
+				clean_reverse(&state);
 			ereport(NOTICE,
 					(errmsg("migration aborted"),
 					 errdetail("Subscription %s is gone here; the source was never locked and stays writable.",

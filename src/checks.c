@@ -26,6 +26,8 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/tuplestore.h"
+#include "funcapi.h"
 
 #include "checks.h"
 
@@ -287,6 +289,40 @@ check_summary(List *names)
 		appendStringInfo(&buf, " and %d more (the objects column of zdm.check lists them all)",
 						 list_length(names) - MAX_LISTED);
 	return buf.data;
+}
+
+/*
+ * check_put_rows: the rows of zdm.check and zdm.check_fallback, one per
+ * check, into a materialized set-returning function's result.
+ */
+void
+check_put_rows(ReturnSetInfo *rsinfo, List *checks)
+{
+	ListCell   *lc;
+
+	foreach(lc, checks)
+	{
+		CheckResult *c = lfirst(lc);
+		Datum		values[6];
+		bool		nulls[6] = {false, false, false, false, false, false};
+		Datum	   *objects = palloc(sizeof(Datum) * Max(list_length(c->objects), 1));
+		ListCell   *olc;
+		int			nobjects = 0;
+
+		values[0] = CStringGetTextDatum(c->name);
+		values[1] = BoolGetDatum(c->ok);
+		values[2] = CStringGetTextDatum(c->detail);
+		if (c->hint)
+			values[3] = CStringGetTextDatum(c->hint);
+		else
+			nulls[3] = true;
+		values[4] = BoolGetDatum(c->blocking);
+		foreach(olc, c->objects)
+			objects[nobjects++] = CStringGetTextDatum((char *) lfirst(olc));
+		values[5] = PointerGetDatum(construct_array(objects, nobjects, TEXTOID,
+													-1, false, TYPALIGN_INT));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
 }
 
 char *

@@ -54,7 +54,7 @@ typedef struct CutoverCall
  * The timeout argument in milliseconds; refuses NULL, zero, negative and
  * more than a day.
  */
-static int64
+int64
 timeout_argument(FunctionCallInfo fcinfo)
 {
 	Interval   *timeout;
@@ -77,7 +77,7 @@ timeout_argument(FunctionCallInfo fcinfo)
 	return ms;
 }
 
-static int64
+int64
 sequence_buffer_argument(FunctionCallInfo fcinfo)
 {
 	int64		buffer;
@@ -94,7 +94,7 @@ sequence_buffer_argument(FunctionCallInfo fcinfo)
 				 errmsg("sequence_buffer must be between 0 and %lld",
 						(long long) MAX_SEQUENCE_BUFFER),
 				 errdetail("The value given is %lld.", (long long) buffer),
-				 errhint("The buffer is how many values each sequence on the target is moved past the source's; the default is 5000.")));
+				 errhint("The buffer is how many values each sequence is moved past the other side's; the default is 5000.")));
 	return buffer;
 }
 
@@ -111,6 +111,12 @@ load_migration_to_cut_over(MigrationState *state)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("there is no migration to cut over"),
 				 errhint("Start one with CALL zdm.init(source_dsn).")));
+	if (strcmp(state->phase, "fallen_back") == 0 ||
+		strncmp(state->phase, "fallback", 8) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the migration was cut over and is falling or has fallen back"),
+				 errhint("CALL zdm.fallback() finishes a fallback; CALL zdm.finish() ends the migration.")));
 	if (strcmp(state->phase, "completed") == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -135,10 +141,11 @@ refuse_unfinished_copy(void)
 }
 
 /*
- * Refuse early, with the source untouched, what the worker would refuse.
+ * Refuse early, with the source untouched, what the worker would refuse,
+ * and with fallback what the reverse replication would lack.
  */
 static void
-check_preconditions(void)
+check_preconditions(const char *target_dsn)
 {
 	MigrationState state;
 
@@ -159,6 +166,8 @@ check_preconditions(void)
 		elog(ERROR, "could not read the state of the copy");
 	if (SPI_processed > 0)
 		refuse_unfinished_copy();
+	if (target_dsn != NULL)
+		fallback_refuse(fallback_checks(state.source_conninfo, target_dsn));
 	SPI_finish();
 
 	if (!migration_lock_try())
@@ -200,13 +209,21 @@ stop_worker(int code, Datum arg)
 	RESUME_INTERRUPTS();
 
 	/* too late to give up: say so, the error that follows would mislead */
-	if (call->shared->succeeded || call->shared->past_no_return)
+	if ((call->shared->succeeded || call->shared->past_no_return) &&
+		!call->shared->fallback)
 		ereport(WARNING,
 				(errmsg("the cutover %s although this call ends with an error",
 						call->shared->succeeded ? "completed" : "had passed its point of no return"),
 				 errdetail("The source is read-only for good; the worker %s the target.",
 						   call->shared->succeeded ? "detached" : "is detaching"),
 				 errhint("See SELECT * FROM zdm.status(); if it is not complete, CALL zdm.cutover() again finishes it.")));
+	else if (call->shared->succeeded || call->shared->past_no_return)
+		ereport(WARNING,
+				(errmsg("the fallback %s although this call ends with an error",
+						call->shared->succeeded ? "completed" : "had passed its point of no return"),
+				 errdetail("This target is read-only for good; the worker %s the source writable.",
+						   call->shared->succeeded ? "made" : "is making"),
+				 errhint("See SELECT * FROM zdm.status(); if it is not complete, CALL zdm.fallback() again finishes it.")));
 }
 
 /*
@@ -258,31 +275,28 @@ relay_until_done(shm_mq_handle *mqh)
 }
 
 /*
- * CALL zdm.cutover(timeout, sequence_buffer)
+ * run_worker: start function_name (zdm_cutover_worker_main or
+ * zdm_fallback_worker_main) in a background worker with a DSM segment
+ * holding the shared state and the message queue, relay its messages until
+ * it detaches, and raise an error unless it succeeded.  A caller that is
+ * cancelled or terminated asks the worker to give up (stop_worker).
  */
-Datum
-zdm_cutover(PG_FUNCTION_ARGS)
+void
+run_worker(const char *function_name, int64 timeout_ms, int64 sequence_buffer,
+		   bool fallback, const char *target_dsn)
 {
-	int64		timeout_ms = timeout_argument(fcinfo);
-	int64		sequence_buffer = sequence_buffer_argument(fcinfo);
+	const char *what = fallback ? "fallback" : "cutover";
 	BackgroundWorker worker;
 	CutoverCall call;
 	shm_mq	   *mq;
 	shm_mq_handle *mqh;
 	pid_t		pid;
 
-	/*
-	 * A caller inside a transaction block could hold locks that stall the
-	 * apply worker, and so keep writes fenced until the timeout.
-	 */
-	require_nonatomic(fcinfo, "zdm.cutover",
-					  "A transaction block could hold locks that stall the apply worker while writes are fenced on the source.");
-	check_preconditions();
-
 	call.seg = dsm_create(MAXALIGN(sizeof(CutoverShared)) + CUTOVER_QUEUE_SIZE, 0);
 	call.shared = dsm_segment_address(call.seg);
 	memset(call.shared, 0, sizeof(CutoverShared));
 	SpinLockInit(&call.shared->mutex);
+	call.shared->fallback = fallback;
 	call.shared->database_id = MyDatabaseId;
 	call.shared->user_id = GetUserId();
 	call.shared->timeout_ms = timeout_ms;
@@ -290,6 +304,8 @@ zdm_cutover(PG_FUNCTION_ARGS)
 	call.shared->lock_grace_ms = zdm_lock_grace_ms;
 	call.shared->fence_idle_timeout_ms = zdm_fence_idle_timeout_ms;
 	call.shared->poll_interval_ms = zdm_poll_interval_ms;
+	if (target_dsn != NULL)
+		strlcpy(call.shared->target_dsn, target_dsn, ZDM_DSN_MAX);
 	mq = shm_mq_create((char *) call.shared + MAXALIGN(sizeof(CutoverShared)),
 					   CUTOVER_QUEUE_SIZE);
 	shm_mq_set_receiver(mq, MyProc);
@@ -300,17 +316,17 @@ zdm_cutover(PG_FUNCTION_ARGS)
 	worker.bgw_start_time = BgWorkerStart_ConsistentState;
 	worker.bgw_restart_time = BGW_NEVER_RESTART;
 	snprintf(worker.bgw_library_name, BGW_MAXLEN, "pg_zdm");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "zdm_cutover_worker_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "pg_zdm cutover");
-	snprintf(worker.bgw_type, BGW_MAXLEN, "pg_zdm cutover");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "%s", function_name);
+	snprintf(worker.bgw_name, BGW_MAXLEN, "pg_zdm %s", what);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "pg_zdm %s", what);
 	worker.bgw_main_arg = UInt32GetDatum(dsm_segment_handle(call.seg));
 	worker.bgw_notify_pid = MyProcPid;
 
 	if (!RegisterDynamicBackgroundWorker(&worker, &call.handle))
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("could not start the cutover worker"),
-				 errdetail("Every background worker slot of this server is in use; the source was not locked."),
+				 errmsg("could not start the %s worker", what),
+				 errdetail("Every background worker slot of this server is in use; nothing was locked."),
 				 errhint("Raise max_worker_processes (needs a restart), or retry once parallel queries have finished.")));
 
 	PG_ENSURE_ERROR_CLEANUP(stop_worker, PointerGetDatum(&call));
@@ -318,20 +334,60 @@ zdm_cutover(PG_FUNCTION_ARGS)
 		if (WaitForBackgroundWorkerStartup(call.handle, &pid) != BGWH_STARTED)
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
-					 errmsg("the cutover worker did not start"),
-					 errdetail("The source was not locked."),
+					 errmsg("the %s worker did not start", what),
+					 errdetail("Nothing was locked."),
 					 errhint("See the server log.")));
 		shm_mq_set_handle(mqh, call.handle);
 		relay_until_done(mqh);
 	}
 	PG_END_ENSURE_ERROR_CLEANUP(stop_worker, PointerGetDatum(&call));
 
-	/* the worker goes on to drop the slot on the source; no need to wait */
+	/* the worker goes on to clean up the other side; no need to wait */
 	if (!call.shared->succeeded)
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("the cutover worker ended without completing the cutover"),
+				 errmsg("the %s worker ended without completing the %s", what, what),
 				 errhint("See the server log and SELECT * FROM zdm.status().")));
 	dsm_detach(call.seg);
+}
+
+/*
+ * CALL zdm.cutover(timeout, sequence_buffer, fallback, target_dsn)
+ */
+Datum
+zdm_cutover(PG_FUNCTION_ARGS)
+{
+	int64		timeout_ms = timeout_argument(fcinfo);
+	int64		sequence_buffer = sequence_buffer_argument(fcinfo);
+	bool		fallback;
+	char	   *target_dsn = NULL;
+
+	if (PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("fallback must not be null"),
+				 errhint("Pass true or false, or leave it out for the default.")));
+	fallback = PG_GETARG_BOOL(2);
+	if (!fallback && !PG_ARGISNULL(3))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("target_dsn is used only with fallback => true"),
+				 errhint("Leave target_dsn out, or pass fallback => true as well.")));
+
+	/*
+	 * A caller inside a transaction block could hold locks that stall the
+	 * apply worker, and so keep writes fenced until the timeout.
+	 */
+	require_nonatomic(fcinfo, "zdm.cutover",
+					  "A transaction block could hold locks that stall the apply worker while writes are fenced on the source.");
+	if (fallback)
+		target_dsn = fallback_target_dsn(PG_ARGISNULL(3) ? NULL : PG_GETARG_TEXT_PP(3));
+	if (target_dsn != NULL && strlen(target_dsn) >= ZDM_DSN_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("target_dsn is longer than %d bytes", ZDM_DSN_MAX - 1)));
+	check_preconditions(target_dsn);
+	run_worker("zdm_cutover_worker_main", timeout_ms, sequence_buffer, false,
+			   target_dsn);
 	PG_RETURN_VOID();
 }

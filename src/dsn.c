@@ -173,14 +173,15 @@ remember_raw_password(const char *dsn)
 }
 
 /*
- * dsn_validate: check that a source DSN is usable and return it unchanged.
+ * dsn_validate: check that a DSN is usable and return it unchanged; side
+ * is "source" or "target", the server it names, for the messages.
  *
  * NULL, empty, malformed or with unknown keywords: an ERROR that shows
  * libpq's complaint but never the DSN.  Its password is remembered for the
  * log filter.
  */
 char *
-dsn_validate(const char *dsn)
+dsn_validate(const char *dsn, const char *side)
 {
 	PQconninfoOption *opts;
 	PQconninfoOption *opt;
@@ -189,7 +190,7 @@ dsn_validate(const char *dsn)
 	if (dsn == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("source connection string must not be null"),
+				 errmsg("%s connection string must not be null", side),
 				 errhint("Pass a libpq connection string such as 'host=old.example dbname=app user=repl'.")));
 
 	remember_raw_password(dsn);
@@ -197,8 +198,8 @@ dsn_validate(const char *dsn)
 	if (dsn[strspn(dsn, " \t\r\n")] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("source connection string is empty"),
-				 errdetail("An empty string would connect to this server's own defaults, not to a source."),
+				 errmsg("%s connection string is empty", side),
+				 errdetail("An empty string would connect to the defaults of this server's clients, which are not necessarily the %s.", side),
 				 errhint("Pass a libpq connection string such as 'host=old.example dbname=app user=repl'.")));
 
 	opts = PQconninfoParse(dsn, &err);
@@ -210,7 +211,7 @@ dsn_validate(const char *dsn)
 			PQfreemem(err);
 		ereport(ERROR,
 				(errcode(ERRCODE_SYNTAX_ERROR),
-				 errmsg("invalid source connection string"),
+				 errmsg("invalid %s connection string", side),
 				 errdetail_internal("%s", msg),
 				 errhint("Use libpq keyword=value pairs or a postgresql:// URI; see \"Connection Strings\" in the PostgreSQL documentation.")));
 	}

@@ -426,6 +426,11 @@ fence_verify(PGconn *control, PGconn *fence, int ntables)
  *   included, so it pins its search_path: a caller's hostile one must not
  *   resolve the names it uses.
  *
+ * With let_replication_in (a cutover with fallback), the triggers let
+ * sessions with session_replication_role = replica write: the reverse
+ * replication's apply worker runs so (and fires statement triggers for
+ * TRUNCATE only), as can only a superuser.
+ *
  * One statement of constant size that loops over the catalogs on the source
  * (fence_verify proved that the publication is the fenced set): sending a
  * CREATE TRIGGER per table would make the message, and its parse on the
@@ -435,7 +440,7 @@ fence_verify(PGconn *control, PGconn *fence, int ntables)
  * (README, "What is not migrated").
  */
 void
-fence_make_permanent(PGconn *fence)
+fence_make_permanent(PGconn *fence, bool let_replication_in)
 {
 	StringInfoData sql;
 	SourceFeatures features;
@@ -449,9 +454,10 @@ fence_make_permanent(PGconn *fence)
 					 "CREATE SCHEMA " ZDM_FENCE_SCHEMA "; "
 					 "CREATE FUNCTION " ZDM_FENCE_SCHEMA ".reject_write() "
 					 "RETURNS trigger LANGUAGE plpgsql AS $zdm$ BEGIN "
+					 "%s"
 					 "RAISE EXCEPTION USING ERRCODE = 'read_only_sql_transaction', "
 					 "MESSAGE = 'this database was migrated by pg_zdm and is read-only', "
-					 "HINT = 'Write to the new server. To make this one writable again: "
+					 "HINT = 'Write to the server pg_zdm moved the application to. To make this one writable again: "
 					 "DROP SCHEMA " ZDM_FENCE_SCHEMA " CASCADE.'; "
 					 "END $zdm$; "
 					 "DO $zdm$ DECLARE t text; old_timeout text; BEGIN "
@@ -488,7 +494,7 @@ fence_make_permanent(PGconn *fence)
 					 "  WHERE object_type = ''table'' AND schema_name !~ ''^pg_temp'') THEN "
 					 "RAISE EXCEPTION USING ERRCODE = ''read_only_sql_transaction'', "
 					 "MESSAGE = ''this database was migrated by pg_zdm and is read-only: no new tables'', "
-					 "HINT = ''Write to the new server. To make this one writable again: "
+					 "HINT = ''Write to the server pg_zdm moved the application to. To make this one writable again: "
 					 "DROP SCHEMA " ZDM_FENCE_SCHEMA " CASCADE.''; "
 					 "END IF; END $f$'; "
 					 "EXECUTE 'CREATE EVENT TRIGGER zdm_reject_create ON ddl_command_end "
@@ -497,6 +503,9 @@ fence_make_permanent(PGconn *fence)
 					 "EXECUTE 'ALTER EVENT TRIGGER zdm_reject_create ENABLE ALWAYS'; "
 					 "END IF; "
 					 "END $zdm$",
+					 let_replication_in ?
+					 "IF current_setting('session_replication_role') = 'replica' THEN "
+					 "RETURN NULL; END IF; " : "",
 					 execute, execute, execute);
 	remote_send(fence, sql.data, "making the source read-only");
 	permanent_pending = true;
@@ -535,16 +544,18 @@ fence_finish_permanent(PGconn *fence)
 }
 
 /*
- * fence_commit: the point of no return.  Drop the publication and commit:
- * the read-only triggers become permanent and the locks go.  Never throws:
- * returns false when the commit could not be confirmed (fence_outcome then
- * says what happened).
+ * fence_commit: the point of no return.  Run before_commit (the cutover
+ * drops the publication, and with fallback enables the reverse
+ * subscription) and commit: the read-only triggers become permanent and the
+ * locks go.  Never throws: returns false when the commit could not be
+ * confirmed (fence_outcome then says what happened).
  */
 bool
-fence_commit(PGconn *fence)
+fence_commit(PGconn *fence, const char *before_commit)
 {
 	return remote_command_quietly(fence,
-								  "DROP PUBLICATION " ZDM_PUBLICATION "; COMMIT",
+								  before_commit ?
+								  psprintf("%s; COMMIT", before_commit) : "COMMIT",
 								  0, NULL, COMMIT_TIMEOUT_MS);
 }
 

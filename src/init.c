@@ -71,7 +71,7 @@ static char *
 dsn_argument(FunctionCallInfo fcinfo)
 {
 	return dsn_validate(PG_ARGISNULL(0) ? NULL :
-						text_to_cstring(PG_GETARG_TEXT_PP(0)));
+						text_to_cstring(PG_GETARG_TEXT_PP(0)), "source");
 }
 
 static int	copy_jobs_argument(FunctionCallInfo fcinfo, bool defer_copy);
@@ -94,7 +94,6 @@ zdm_check(PG_FUNCTION_ARGS)
 	bool		explicit_list;
 	char	   *reason = NULL;
 	PGconn	   *conn;
-	ListCell   *lc;
 
 	InitMaterializedSRF(fcinfo, 0);
 
@@ -120,29 +119,7 @@ zdm_check(PG_FUNCTION_ARGS)
 		remote_disconnect(conn);
 	}
 
-	foreach(lc, checks)
-	{
-		CheckResult *c = lfirst(lc);
-		Datum		values[6];
-		bool		nulls[6] = {false, false, false, false, false, false};
-		Datum	   *objects = palloc(sizeof(Datum) * Max(list_length(c->objects), 1));
-		ListCell   *olc;
-		int			nobjects = 0;
-
-		values[0] = CStringGetTextDatum(c->name);
-		values[1] = BoolGetDatum(c->ok);
-		values[2] = CStringGetTextDatum(c->detail);
-		if (c->hint)
-			values[3] = CStringGetTextDatum(c->hint);
-		else
-			nulls[3] = true;
-		values[4] = BoolGetDatum(c->blocking);
-		foreach(olc, c->objects)
-			objects[nobjects++] = CStringGetTextDatum((char *) lfirst(olc));
-		values[5] = PointerGetDatum(construct_array(objects, nobjects, TEXTOID,
-													-1, false, TYPALIGN_INT));
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
+	check_put_rows(rsinfo, checks);
 	return (Datum) 0;
 }
 

@@ -29,6 +29,9 @@
 
 #include "compat.h"
 
+struct ReturnSetInfo;
+struct dsm_segment;
+
 /* Fixed names of the objects a migration creates. */
 #define ZDM_PUBLICATION		"zdm_pub"
 #define ZDM_SUBSCRIPTION	"zdm_sub"
@@ -46,7 +49,7 @@ extern bool zdm_copy_binary;
 extern int	zdm_copy_set_aside_size_kb;
 
 /* dsn.c */
-extern char *dsn_validate(const char *dsn);
+extern char *dsn_validate(const char *dsn, const char *side);
 extern char *dsn_mask(const char *dsn);
 extern int	dsn_connect_timeout(const char *dsn);
 extern void dsn_install_log_filter(void);
@@ -120,6 +123,10 @@ typedef struct MigrationState
 	char	   *phase;
 	char	   *final_lsn;		/* NULL until cut over */
 	char	   *completed_at;	/* NULL until cut over */
+	char	   *fallback_conninfo;	/* NULL unless cut over with fallback */
+	char	   *fallback_display;
+	char	   *fallback_name;	/* reverse subscription and slot */
+	char	   *fallback_lsn;	/* NULL until fallen back */
 } MigrationState;
 
 extern int	zdm_spi_execute(const char *sql, int nargs, Oid *types,
@@ -131,6 +138,9 @@ extern void state_insert(const char *conninfo, const char *slot_name,
 extern void state_set_phase(const char *phase);
 extern void state_begin_detach(const char *final_lsn);
 extern void state_complete(const char *final_lsn, double writes_blocked_ms);
+extern void state_set_fallback(const char *conninfo, const char *name);
+extern void state_begin_fallback_detach(const char *final_lsn);
+extern void state_fallen_back(double writes_blocked_ms);
 extern void state_delete(void);
 extern void event_log(const char *event, const char *fmt,...) pg_attribute_printf(2, 3);
 extern bool migration_lock_try(void);
@@ -139,6 +149,7 @@ extern bool migration_lock_held_elsewhere(void);
 extern void require_nonatomic(FunctionCallInfo fcinfo, const char *procname,
 							  const char *why);
 extern char *target_slot_name(void);
+extern char *fallback_name(void);
 extern void as_state_owner(void (*fn) (void *arg), void *arg);
 
 /* checks.c: one preflight check's outcome, a row of zdm.check */
@@ -157,6 +168,7 @@ typedef struct CheckResult
 
 extern List *run_checks(PGconn *conn, bool ignore_missing, bool defer_copy,
 					   List **published, bool *explicit_list);
+extern void check_put_rows(struct ReturnSetInfo *rsinfo, List *checks);
 
 /* copy.c: the parallel initial copy */
 #define ZDM_COPY_MAX_JOBS	16
@@ -198,6 +210,23 @@ extern bool source_drop_slots(PGconn *conn, const char *slot_name, Oid subid,
 extern bool source_drop_publication(PGconn *conn, int timeout_ms);
 extern bool source_end_session(PGconn *conn, int pid, int wait_ms);
 
+/* fallback_checks.c: what a cutover with fallback needs */
+extern List *fallback_checks(const char *source_dsn, const char *target_dsn);
+extern void fallback_refuse(List *checks);
+extern char *fallback_target_dsn(text *arg);
+
+/* reverse.c: the reverse replication, from this target to the source */
+extern void reverse_prepare(PGconn *source, PGconn *target,
+							const char *target_dsn, const char *name);
+extern char *reverse_mark_start(PGconn *target, const char *name);
+extern char *reverse_enable_sql(const char *name);
+extern bool reverse_drop_subscription(PGconn *source, const char *name,
+									  int timeout_ms);
+extern bool reverse_drop_target(PGconn *target, const char *name,
+								int timeout_ms);
+extern bool reverse_remove(PGconn *source, PGconn *target, const char *name,
+						   int timeout_ms);
+
 /* fence.c */
 typedef enum FenceOutcome
 {
@@ -210,10 +239,10 @@ extern void fence_acquire(const char *dsn, PGconn *control, List *tables,
 						  PGconn **fence_out, int lock_timeout_ms,
 						  void (*still_wanted) (void *arg), void *arg);
 extern void fence_verify(PGconn *control, PGconn *fence, int ntables);
-extern void fence_make_permanent(PGconn *fence);
+extern void fence_make_permanent(PGconn *fence, bool let_replication_in);
 extern void fence_ping(PGconn *fence);
 extern void fence_finish_permanent(PGconn *fence);
-extern bool fence_commit(PGconn *fence);
+extern bool fence_commit(PGconn *fence, const char *before_commit);
 extern FenceOutcome fence_outcome(const char *dsn, int fence_pid);
 extern bool fence_release(PGconn *fence, PGconn *control, const char *dsn);
 extern List *fence_published_tables(PGconn *control);
@@ -235,15 +264,20 @@ typedef struct SequenceCache SequenceCache;
 extern SequenceCache *sequences_prefetch(PGconn *source);
 extern void sequences_sync(PGconn *source, int64 buffer, SequenceCache *cache,
 						   SequenceSync *result);
+extern void sequences_push(PGconn *source, int64 buffer, int64 *set,
+						   int *skipped);
 
 /*
  * The cutover: shared between the caller of zdm.cutover (cutover.c) and the
  * background worker that does the work (worker.c), in a DSM segment followed
  * by the message queue that carries the worker's NOTICEs and ERROR back.
  */
+#define ZDM_DSN_MAX	4096
+
 typedef struct CutoverShared
 {
 	slock_t		mutex;
+	bool		fallback;		/* zdm.fallback(), not zdm.cutover() */
 	Oid			database_id;
 	Oid			user_id;
 	int64		timeout_ms;
@@ -255,14 +289,29 @@ typedef struct CutoverShared
 	bool		abort_requested;	/* the caller gave up: unlock and stop */
 	bool		past_no_return; /* the source is read-only for good */
 	bool		succeeded;
+	char		target_dsn[ZDM_DSN_MAX];	/* cutover with fallback: how the
+											 * source reaches this target */
 } CutoverShared;
 
 #define CUTOVER_QUEUE_SIZE	65536
 
-/* cutover.c: refusals shared by the caller and the worker */
+/* cutover.c: refusals shared by the caller and the worker, and the caller's
+ * side of both cutover and fallback workers */
 extern void load_migration_to_cut_over(MigrationState *state);
+extern int64 timeout_argument(FunctionCallInfo fcinfo);
+extern int64 sequence_buffer_argument(FunctionCallInfo fcinfo);
+extern void run_worker(const char *function_name, int64 timeout_ms,
+					   int64 sequence_buffer, bool fallback,
+					   const char *target_dsn);
 pg_noreturn extern void refuse_unfinished_copy(void);
 
+/* worker.c */
+extern CutoverShared *worker_attach(Datum main_arg, const char *type,
+									struct dsm_segment **segp);
 extern PGDLLEXPORT void zdm_cutover_worker_main(Datum main_arg);
+
+/* fallback_worker.c */
+extern void load_migration_to_fall_back(MigrationState *state);
+extern PGDLLEXPORT void zdm_fallback_worker_main(Datum main_arg);
 
 #endif							/* PG_ZDM_H */

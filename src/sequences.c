@@ -833,3 +833,65 @@ sequences_sync(PGconn *source, int64 buffer, SequenceCache *cache,
 		result->set += sequences_sync_unread(oidv, valv, upv, lastv, nunread);
 	}
 }
+
+/*
+ * The source's side of sequences_push: for each sequence of this target
+ * (schema, name, last value), the source's sequence of that name, if the
+ * source role may read and set it, is set to the value plus the buffer
+ * (minus, descending), within its bounds and never lowered.  Returns how
+ * many were set and how many were not.
+ */
+static const char *push_sequences_sql =
+"WITH v AS (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) AS v(nsp, rel, val)), "
+"m AS (SELECT c.oid, s.seqincrement, s.seqmin, s.seqmax, v.val, "
+"        pg_sequence_last_value(c.oid) AS last "
+"      FROM v JOIN pg_namespace n ON n.nspname = v.nsp "
+"      JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = v.rel AND c.relkind = 'S' "
+"      JOIN pg_sequence s ON s.seqrelid = c.oid "
+"      WHERE has_sequence_privilege(c.oid, 'SELECT') AND has_sequence_privilege(c.oid, 'UPDATE')) "
+"SELECT count(setval(m.oid, CASE WHEN m.seqincrement > 0 "
+"         THEN greatest(least(m.val::numeric + $4::bigint, m.seqmax), coalesce(m.last, m.seqmin)) "
+"         ELSE least(greatest(m.val::numeric - $4::bigint, m.seqmin), coalesce(m.last, m.seqmax)) END::bigint, true)), "
+"       (SELECT count(*) FROM v) - count(*) "
+"FROM m";
+
+/*
+ * sequences_push: the fallback's direction: move the source's sequences
+ * ahead of this target's, matched by schema and name.  A sequence never
+ * used here is left alone.  Few statements whatever the count: this
+ * target's values go to the source as three arrays.
+ */
+void
+sequences_push(PGconn *source, int64 buffer, int64 *set, int *skipped)
+{
+	char	   *arrays[3];
+	char		buffer_text[32];
+	const char *params[4];
+	RemoteResult *res;
+	int			i;
+
+	SPI_connect();
+	if (zdm_spi_execute("SELECT coalesce(pg_catalog.array_agg(n.nspname)::text, '{}'), "
+						"  coalesce(pg_catalog.array_agg(c.relname)::text, '{}'), "
+						"  coalesce(pg_catalog.array_agg(v.last)::text, '{}') "
+						"FROM pg_catalog.pg_class c "
+						"JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+						"CROSS JOIN LATERAL (SELECT pg_catalog.pg_sequence_last_value(c.oid) AS last) v "
+						"WHERE c.relkind = 'S' AND c.relpersistence = 'p' "
+						"  AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema' "
+						"  AND v.last IS NOT NULL",
+						0, NULL, NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read this target's sequences");
+	for (i = 0; i < 3; i++)
+		arrays[i] = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, i + 1);
+	snprintf(buffer_text, sizeof(buffer_text), INT64_FORMAT, buffer);
+	params[0] = arrays[0];
+	params[1] = arrays[1];
+	params[2] = arrays[2];
+	params[3] = buffer_text;
+	res = remote_query(source, push_sequences_sql, 4, params,
+					   "moving the source's sequences ahead");
+	*set = strtoi64(remote_value(res, 0, 0), NULL, 10);
+	*skipped = atoi(remote_value(res, 0, 1));
+	SPI_finish();
+}

@@ -126,7 +126,8 @@ read_state(void *arg)
 	SPI_connect();
 	if (zdm_spi_execute("SELECT source_conninfo, source_display, publication_name, "
 						"slot_name, subscription_name, ignore_missing, defer_copy, "
-						"phase, final_lsn, completed_at "
+						"phase, final_lsn, completed_at, fallback_conninfo, "
+						"fallback_display, fallback_name, fallback_lsn "
 						"FROM zdm.migration", 0, NULL, NULL, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read zdm.migration");
 	if (SPI_processed == 1)
@@ -145,6 +146,10 @@ read_state(void *arg)
 		state->phase = spi_text(tup, desc, 8);
 		state->final_lsn = spi_text(tup, desc, 9);
 		state->completed_at = spi_text(tup, desc, 10);
+		state->fallback_conninfo = spi_text(tup, desc, 11);
+		state->fallback_display = spi_text(tup, desc, 12);
+		state->fallback_name = spi_text(tup, desc, 13);
+		state->fallback_lsn = spi_text(tup, desc, 14);
 		MemoryContextSwitchTo(oldcxt);
 		read->found = true;
 	}
@@ -252,6 +257,64 @@ state_complete(const char *final_lsn, double writes_blocked_ms)
 					"completed_at = pg_catalog.now(), "
 					"final_lsn = $1::pg_catalog.pg_lsn, writes_blocked_ms = $2",
 					2, types, values, NULL, SPI_OK_UPDATE);
+}
+
+/*
+ * state_set_fallback: the reverse replication of a cutover with fallback is
+ * being prepared (conninfo and name set) or was removed again (NULL).
+ * Recorded before anything is created, so that every later step, and
+ * zdm.finish(), knows what to remove.
+ */
+void
+state_set_fallback(const char *conninfo, const char *name)
+{
+	Oid			types[3] = {TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[3];
+	char		nulls[3] = {' ', ' ', ' '};
+
+	if (conninfo != NULL)
+	{
+		values[0] = CStringGetTextDatum(conninfo);
+		values[1] = CStringGetTextDatum(dsn_mask(conninfo));
+		values[2] = CStringGetTextDatum(name);
+	}
+	else
+		nulls[0] = nulls[1] = nulls[2] = 'n';
+	spi_exec_params("UPDATE zdm.migration SET fallback_conninfo = $1, "
+					"fallback_display = $2, fallback_name = $3::pg_catalog.name",
+					3, types, values, nulls, SPI_OK_UPDATE);
+}
+
+/*
+ * state_begin_fallback_detach: this target's fence is about to commit;
+ * remember its final position.
+ */
+void
+state_begin_fallback_detach(const char *final_lsn)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+
+	values[0] = CStringGetTextDatum(final_lsn);
+	spi_exec_params("UPDATE zdm.migration SET phase = 'fallback_detaching', "
+					"fallback_lsn = $1::pg_catalog.pg_lsn",
+					1, types, values, NULL, SPI_OK_UPDATE);
+}
+
+/*
+ * state_fallen_back: the source is writable again and this target
+ * read-only; keep how long writes were blocked here.
+ */
+void
+state_fallen_back(double writes_blocked_ms)
+{
+	Oid			types[1] = {FLOAT8OID};
+	Datum		values[1];
+
+	values[0] = Float8GetDatum(writes_blocked_ms);
+	spi_exec_params("UPDATE zdm.migration SET phase = 'fallen_back', "
+					"fallback_at = pg_catalog.now(), fallback_blocked_ms = $1",
+					1, types, values, NULL, SPI_OK_UPDATE);
 }
 
 void
@@ -376,4 +439,16 @@ char *
 target_slot_name(void)
 {
 	return psprintf("zdm_" UINT64_FORMAT "_%u", GetSystemIdentifier(), MyDatabaseId);
+}
+
+/*
+ * fallback_name: the name of the reverse subscription on the source and of
+ * its slot here; unique per target database like target_slot_name, so that
+ * two targets of one source can both keep a way back.
+ */
+char *
+fallback_name(void)
+{
+	return psprintf("zdm_fallback_" UINT64_FORMAT "_%u", GetSystemIdentifier(),
+					MyDatabaseId);
 }

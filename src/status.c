@@ -277,6 +277,87 @@ cutover_running(void)
 }
 
 /*
+ * After a cutover with fallback: the reverse replication's rows.  Its state
+ * from the source (the subscription and its worker, and from 15 its error
+ * count), its lag from the slot here.
+ */
+static void
+fallback_rows(StatusRows *rows, const MigrationState *state)
+{
+	const char *params[1] = {state->fallback_name};
+	char	   *reason = NULL;
+	PGconn	   *conn = remote_try_connect(state->source_conninfo, &reason);
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+
+	if (conn == NULL)
+		put_row(rows, "fallback", "state",
+				psprintf("unknown: the source cannot be reached: %s", reason), -1, false);
+	else
+	{
+		RemoteResult *res = remote_query(conn, PQserverVersion(conn) >= 150000 ?
+										 "SELECT s.subenabled, st.pid IS NOT NULL, "
+										 "  coalesce(ss.apply_error_count, 0) "
+										 "FROM pg_subscription s "
+										 "LEFT JOIN pg_stat_subscription st ON st.subid = s.oid AND st.relid IS NULL "
+										 "LEFT JOIN pg_stat_subscription_stats ss ON ss.subid = s.oid "
+										 "WHERE s.subname = $1 AND s.subdbid = "
+										 "  (SELECT oid FROM pg_database WHERE datname = current_database())" :
+										 "SELECT s.subenabled, st.pid IS NOT NULL, NULL "
+										 "FROM pg_subscription s "
+										 "LEFT JOIN pg_stat_subscription st ON st.subid = s.oid AND st.relid IS NULL "
+										 "WHERE s.subname = $1 AND s.subdbid = "
+										 "  (SELECT oid FROM pg_database WHERE datname = current_database())",
+										 1, params, "reading the reverse subscription");
+
+		if (res->ntuples != 1)
+			put_row(rows, "fallback", "state",
+					psprintf("subscription %s is missing on the source", state->fallback_name),
+					-1, false);
+		else
+		{
+			bool		enabled = strcmp(remote_value(res, 0, 0), "t") == 0;
+			bool		running = strcmp(remote_value(res, 0, 1), "t") == 0;
+			const char *errors = remote_value(res, 0, 2);
+
+			put_row(rows, "fallback", "state",
+					running ? psprintf("streaming to the source (subscription %s there)", state->fallback_name) :
+					!enabled ? psprintf("subscription %s on the source is disabled", state->fallback_name) :
+					psprintf("subscription %s on the source has no apply worker: see the source's log", state->fallback_name),
+					-1, running);
+			if (errors != NULL)
+				put_row(rows, "fallback", "apply_errors",
+						psprintf("%s errors of the reverse apply worker on the source", errors),
+						-1, strcmp(errors, "0") == 0);
+		}
+		remote_disconnect(conn);
+	}
+
+	values[0] = CStringGetTextDatum(state->fallback_name);
+	SPI_connect();
+	if (zdm_spi_execute("SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), "
+						"  confirmed_flush_lsn)::bigint "
+						"FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+						1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the reverse slot");
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+		int64		lag = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+													  SPI_tuptable->tupdesc, 1, &isnull));
+
+		put_row(rows, "fallback", "lag",
+				psprintf("%s of this target's WAL not yet confirmed by the source",
+						 pretty_bytes(lag)), lag, true);
+	}
+	else
+		put_row(rows, "fallback", "lag",
+				psprintf("slot %s is missing on this target", state->fallback_name),
+				-1, false);
+	SPI_finish();
+}
+
+/*
  * zdm.status()
  */
 Datum
@@ -306,8 +387,37 @@ zdm_status(PG_FUNCTION_ARGS)
 		put_row(&rows, "migration", "phase",
 				psprintf("completed at %s, final source position %s",
 						 state.completed_at, state.final_lsn), -1, true);
+		if (state.fallback_name != NULL)
+			fallback_rows(&rows, &state);
 		put_row(&rows, "overall", "completed",
+				state.fallback_name ?
+				"the target is independent; the source is read-only and receives this target's writes" :
 				"the target is independent; the source is read-only", -1, true);
+		return (Datum) 0;
+	}
+	if (strcmp(state.phase, "fallen_back") == 0)
+	{
+		put_row(&rows, "migration", "phase",
+				psprintf("fallen back, final target position %s", state.fallback_lsn),
+				-1, true);
+		put_row(&rows, "overall", "fallen_back",
+				"the source is writable again; this target is read-only", -1, true);
+		return (Datum) 0;
+	}
+	if (strncmp(state.phase, "fallback", 8) == 0)
+	{
+		bool		running = cutover_running();
+
+		put_row(&rows, "migration", "phase",
+				running ? psprintf("%s in progress", state.phase) :
+				strcmp(state.phase, "fallback_detaching") == 0 ?
+				"fallback interrupted after this target was fenced for good: run CALL zdm.fallback() to finish it" :
+				"fallback interrupted; this target unlocked itself: run CALL zdm.fallback() again",
+				-1, running);
+		fallback_rows(&rows, &state);
+		put_row(&rows, "overall", "fallback",
+				running ? "fallback in progress" : "fallback interrupted",
+				-1, false);
 		return (Datum) 0;
 	}
 

@@ -24,6 +24,11 @@
  * failing, and reads the error counts on every poll to release the fence
  * as soon as it fails again (check_apply_errors).
  *
+ * A cutover with fallback also prepares the reverse replication before it
+ * fences (reverse.c), marks where it starts once the target has caught up,
+ * and enables it in the transaction that commits the fence; a failure
+ * before that removes it again.
+ *
  * Catch-up is proven by either of two facts: the slot on the source has
  * confirmed_flush_lsn >= final position (applied and flushed here), or
  * every table is ready and the apply worker has reported a position
@@ -71,6 +76,9 @@
 /* How long the end of a cutover waits for the source to drop the slot. */
 #define DETACH_SOURCE_TIMEOUT_MS	30000
 
+/* How long a failed cutover may take to remove the reverse replication. */
+#define REVERSE_UNDO_TIMEOUT_MS		10000
+
 /* Everything one cutover run holds. */
 typedef struct CutoverRun
 {
@@ -87,6 +95,10 @@ typedef struct CutoverRun
 	int64		apply_errors;	/* error counts when the cutover started */
 	int64		sync_errors;
 	SequenceCache *sequences;	/* read before the fence, in cxt */
+	char	   *target_dsn;		/* with fallback: how the source reaches us */
+	char	   *fallback_name;	/* with fallback: reverse subscription, slot */
+	PGconn	   *target;			/* with fallback: this target, via target_dsn */
+	bool		reverse_prepared;	/* reverse objects may exist: undo them */
 } CutoverRun;
 
 /* What one poll of the catch-up sees. */
@@ -579,7 +591,9 @@ detach_target(CutoverRun *run)
 			(errmsg("cutover complete: writes were blocked on the source for %.1f ms; point the application at this server now",
 					run->blocked_ms),
 			 errdetail("Final source position %s. The source stays read-only (schema %s holds its write-rejecting triggers); the slot is dropped there next, see zdm.event_log.",
-					   run->final_lsn, ZDM_FENCE_SCHEMA)));
+					   run->final_lsn, ZDM_FENCE_SCHEMA),
+			 run->state.fallback_name || run->fallback_name ?
+			 errhint("Writes made here are replicated back to the source. CALL zdm.fallback() moves the application back; CALL zdm.finish() ends the migration and the reverse replication.") : 0));
 }
 
 static void
@@ -654,7 +668,10 @@ commit_fence(CutoverRun *run)
 	run->shared->past_no_return = true;
 	SpinLockRelease(&run->shared->mutex);
 
-	if (fence_commit(run->fence))
+	if (fence_commit(run->fence, run->fallback_name ?
+					 psprintf("DROP PUBLICATION " ZDM_PUBLICATION "; %s",
+							  reverse_enable_sql(run->fallback_name)) :
+					 "DROP PUBLICATION " ZDM_PUBLICATION))
 		return;
 	outcome = fence_outcome(run->state.source_conninfo, fence_pid);
 	if (outcome == FENCE_COMMITTED)
@@ -723,6 +740,36 @@ set_final_lsn_from_source(CutoverRun *run)
 	run->final_lsn = pstrdup(remote_value(res, 0, 0));
 }
 
+static void
+record_fallback(CutoverRun *run)
+{
+	state_set_fallback(run->target_dsn, run->fallback_name);
+	event_log("fallback_prepared",
+			  "publication %s and slot %s here, disabled subscription %s on the source reaching %s",
+			  ZDM_PUBLICATION, run->fallback_name, run->fallback_name,
+			  dsn_mask(run->target_dsn));
+}
+
+/*
+ * Before any lock: create the reverse replication's objects, disabled
+ * (reverse.c).  Recorded first, so that whatever happens next knows what
+ * to remove.
+ */
+static void
+prepare_fallback(CutoverRun *run)
+{
+	run->fallback_name = fallback_name();
+	run->target = remote_connect(run->target_dsn, "to set up the fallback");
+	remote_keep_across_abort(run->target);
+	in_transaction(record_fallback, run);
+	run->reverse_prepared = true;
+	reverse_prepare(run->control, run->target, run->target_dsn,
+					run->fallback_name);
+	ereport(NOTICE,
+			(errmsg("reverse replication prepared: subscription %s on the source, disabled until the cutover commits",
+					run->fallback_name)));
+}
+
 /*
  * The cutover proper; see the file header.
  */
@@ -761,6 +808,8 @@ cutover_steps(CutoverRun *run)
 	check_subscription_ready(run);
 	tables = check_same_tables(run);
 	in_transaction(mark_cutover_started, run);
+	if (run->target_dsn != NULL)
+		prepare_fallback(run);
 
 	come_close(run);
 	prefetch_sequences(run);
@@ -771,7 +820,7 @@ cutover_steps(CutoverRun *run)
 							INT_MAX),
 				  still_wanted_while_fencing, run);
 	/* the triggers are created while the rest goes on */
-	fence_make_permanent(run->fence);
+	fence_make_permanent(run->fence, run->fallback_name != NULL);
 	fence_verify(run->control, run->fence, list_length(tables));
 	ereport(NOTICE,
 			(errmsg("writes blocked on the source: %d tables fenced in %.1f ms",
@@ -790,6 +839,11 @@ cutover_steps(CutoverRun *run)
 			(errmsg("target caught up with %s, %.1f ms after the fence",
 					run->final_lsn,
 					(double) (GetCurrentTimestamp() - run->fence_started) / 1000.0)));
+
+	if (run->fallback_name != NULL)
+		ereport(NOTICE,
+				(errmsg("reverse replication will start at this target's position %s",
+						reverse_mark_start(run->target, run->fallback_name))));
 
 	check_still_wanted(run, "about to detach");
 	in_transaction(mark_detaching, run);
@@ -814,6 +868,14 @@ release_fence_on_failure(int code, Datum arg)
 	{
 		fence_release(run->fence, run->control, run->state.source_conninfo);
 		run->fence = NULL;
+		if (run->reverse_prepared &&
+			!reverse_remove(run->control, run->target, run->fallback_name,
+							REVERSE_UNDO_TIMEOUT_MS))
+			ereport(WARNING,
+					(errmsg("could not remove the reverse replication this cutover prepared"),
+					 errdetail("Subscription %s on the source, or slot %s or publication %s on this target, may be left.",
+							   run->fallback_name, run->fallback_name, ZDM_PUBLICATION),
+					 errhint("The next CALL zdm.cutover(fallback => true), or CALL zdm.abort(), removes them.")));
 	}
 }
 
@@ -838,8 +900,68 @@ static void
 record_failure(CutoverRun *run)
 {
 	if (!run->shared->past_no_return)
+	{
 		state_set_phase("streaming");
+		if (run->fallback_name != NULL)
+			state_set_fallback(NULL, NULL);
+	}
 	event_log("cutover_failed", "%s", failure_message);
+}
+
+/*
+ * worker_attach: the start of a cutover or fallback worker (main_arg is the
+ * DSM handle): signals, the shared state, NOTICEs and ERRORs redirected to
+ * the caller's queue, a connection to the caller's database as the
+ * caller's user with the caller's zdm.* settings, and the migration lock.
+ */
+CutoverShared *
+worker_attach(Datum main_arg, const char *type, dsm_segment **segp)
+{
+	dsm_segment *seg;
+	shm_mq	   *mq;
+	shm_mq_handle *mqh;
+	CutoverShared *shared;
+
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	CurrentResourceOwner = ResourceOwnerCreate(NULL, type);
+	seg = dsm_attach(DatumGetUInt32(main_arg));
+	if (seg == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the caller of %s went away before its worker started", type)));
+	dsm_pin_mapping(seg);
+	*segp = seg;
+
+	shared = dsm_segment_address(seg);
+	mq = (shm_mq *) ((char *) shared + MAXALIGN(sizeof(CutoverShared)));
+	shm_mq_set_sender(mq, MyProc);
+	mqh = shm_mq_attach(mq, seg, NULL);
+	pq_redirect_to_shm_mq(seg, mqh);
+
+	SpinLockAcquire(&shared->mutex);
+	shared->worker_latch = MyLatch;
+	SpinLockRelease(&shared->mutex);
+
+	BackgroundWorkerInitializeConnectionByOid(shared->database_id,
+											  shared->user_id, 0);
+	/* the settings of the session that called us */
+	zdm_lock_grace_ms = shared->lock_grace_ms;
+	zdm_fence_idle_timeout_ms = shared->fence_idle_timeout_ms;
+	zdm_poll_interval_ms = shared->poll_interval_ms;
+	/* JIT-compiling the catalog lookups of the sequence step costs ~1 s */
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	/* our state must be durable before either side is made read-only */
+	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
+	pgstat_report_appname(type);
+
+	if (!migration_lock_try())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("a cutover or another pg_zdm command is already running on this database"),
+				 errhint("Wait for it to finish; zdm.status() shows its progress.")));
+	return shared;
 }
 
 /*
@@ -849,52 +971,15 @@ void
 zdm_cutover_worker_main(Datum main_arg)
 {
 	dsm_segment *seg;
-	shm_mq	   *mq;
-	shm_mq_handle *mqh;
 	CutoverRun	run;
-
-	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-
-	CurrentResourceOwner = ResourceOwnerCreate(NULL, "pg_zdm cutover");
-	seg = dsm_attach(DatumGetUInt32(main_arg));
-	if (seg == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the caller of zdm.cutover() went away before its worker started")));
-	dsm_pin_mapping(seg);
 
 	memset(&run, 0, sizeof(run));
 	run.cxt = AllocSetContextCreate(TopMemoryContext, "pg_zdm cutover",
 									ALLOCSET_DEFAULT_SIZES);
 	MemoryContextSwitchTo(run.cxt);
-	run.shared = dsm_segment_address(seg);
-	mq = (shm_mq *) ((char *) run.shared + MAXALIGN(sizeof(CutoverShared)));
-	shm_mq_set_sender(mq, MyProc);
-	mqh = shm_mq_attach(mq, seg, NULL);
-	pq_redirect_to_shm_mq(seg, mqh);
-
-	SpinLockAcquire(&run.shared->mutex);
-	run.shared->worker_latch = MyLatch;
-	SpinLockRelease(&run.shared->mutex);
-
-	BackgroundWorkerInitializeConnectionByOid(run.shared->database_id,
-											  run.shared->user_id, 0);
-	/* the settings of the session that called zdm.cutover() */
-	zdm_lock_grace_ms = run.shared->lock_grace_ms;
-	zdm_fence_idle_timeout_ms = run.shared->fence_idle_timeout_ms;
-	zdm_poll_interval_ms = run.shared->poll_interval_ms;
-	/* JIT-compiling the catalog lookups of the sequence step costs ~1 s */
-	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
-	/* our state must be durable before the source is made read-only */
-	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
-	pgstat_report_appname("pg_zdm cutover");
-
-	if (!migration_lock_try())
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_IN_USE),
-				 errmsg("a cutover or another pg_zdm command is already running on this database"),
-				 errhint("Wait for it to finish; zdm.status() shows its progress.")));
+	run.shared = worker_attach(main_arg, "pg_zdm cutover", &seg);
+	if (run.shared->target_dsn[0] != '\0')
+		run.target_dsn = pstrdup(run.shared->target_dsn);
 
 	in_transaction(load_migration, &run);
 	run.deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
@@ -933,6 +1018,7 @@ zdm_cutover_worker_main(Datum main_arg)
 	dsm_detach(seg);
 	run.shared = NULL;
 	remote_disconnect(run.fence);
+	remote_disconnect(run.target);
 	clean_source(&run);
 	remote_disconnect(run.control);
 	migration_lock_release();

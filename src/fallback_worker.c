@@ -1,0 +1,587 @@
+/*-------------------------------------------------------------------------
+ *
+ * fallback_worker.c
+ *		  The background worker that runs a fallback: the cutover in the
+ *		  other direction, after a cutover with fallback.
+ *
+ * zdm.fallback() starts this worker (fallback.c) and relays what it
+ * reports, as for the cutover.  The roles of the servers swap: writes are
+ * fenced on this target, with the very fence of fence.c, taken through a
+ * connection to this target made with the DSN the source uses to reach it
+ * (the fence must be a session of its own, whose end -- this worker's
+ * death, a cancel -- unlocks); the reverse replication of reverse.c plays
+ * the forward subscription's part, and its slot here proves the catch-up:
+ * the source has applied and flushed everything up to this target's final
+ * position once the slot's confirmed_flush_lsn reaches it (the reverse
+ * subscription commits synchronously, so it reports flushes at once).
+ *
+ * Steps: come close without a lock, fence writes here, capture the final
+ * position, move the source's sequences ahead of ours, wait for the source,
+ * commit the fence (the point of no return: this target is read-only for
+ * good), make the source writable (its read-only trigger function becomes a
+ * no-op and its event trigger goes: one short transaction, no table lock),
+ * release the caller, then remove the reverse replication.  Before the
+ * point of no return every failure releases the fence: this target is
+ * writable again and the reverse replication goes on.  After it, the next
+ * zdm.fallback() call finishes what is left.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <limits.h>
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "storage/dsm.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/wait_event.h"
+
+#include "pg_zdm.h"
+
+/* How far the source may be behind when the fence is taken. */
+#define FENCE_LAG_LIMIT_BYTES	(1024 * 1024)
+
+/* How often a waiting fallback says where the source is. */
+#define PROGRESS_NOTICE_MS		250
+
+/* How long the cleanup after the point of no return may take. */
+#define CLEANUP_TIMEOUT_MS		30000
+
+typedef struct FallbackRun
+{
+	CutoverShared *shared;
+	MemoryContext cxt;
+	MigrationState state;
+	PGconn	   *source;
+	PGconn	   *target;			/* this target, through fallback_conninfo */
+	PGconn	   *fence;			/* the fence transaction here */
+	TimestampTz deadline;
+	TimestampTz fence_started;
+	double		blocked_ms;
+	char	   *final_lsn;
+} FallbackRun;
+
+static char *failure_message = NULL;
+
+/*
+ * Run fn in a transaction of its own; what it allocates outside SPI lives
+ * in the run's context.
+ */
+static void
+in_transaction(void (*fn) (FallbackRun *), FallbackRun *run)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	MemoryContextSwitchTo(run->cxt);
+	fn(run);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
+ * Stop unless the caller still wants the fallback and time is left.
+ */
+static void
+check_still_wanted(FallbackRun *run, const char *waiting_for)
+{
+	bool		requested;
+
+	CHECK_FOR_INTERRUPTS();
+	SpinLockAcquire(&run->shared->mutex);
+	requested = run->shared->abort_requested;
+	SpinLockRelease(&run->shared->mutex);
+	if (requested)
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("fallback cancelled while %s", waiting_for),
+				 errdetail("The session that called zdm.fallback() was cancelled or terminated. A write fence on this target is released before this error is returned; the reverse replication goes on.")));
+	if (GetCurrentTimestamp() >= run->deadline)
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("fallback timed out while %s", waiting_for),
+				 errdetail("A write fence on this target is released before this error is returned; the reverse replication goes on."),
+				 errhint("Look at the fallback rows of SELECT * FROM zdm.status(); retry with a longer timeout once the source keeps up.")));
+}
+
+static void
+still_wanted_while_fencing(void *arg)
+{
+	check_still_wanted((FallbackRun *) arg, "taking the fence");
+}
+
+static void
+nap(void)
+{
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 zdm_poll_interval_ms, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+}
+
+/*
+ * load_migration_to_fall_back: read the migration into *state, refusing
+ * when its phase allows no fallback.  The caller of zdm.fallback and its
+ * worker both ask.
+ */
+void
+load_migration_to_fall_back(MigrationState *state)
+{
+	if (!state_load(state))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("there is no migration to fall back from"),
+				 errhint("A fallback follows a CALL zdm.cutover(fallback => true).")));
+	if (strcmp(state->phase, "fallen_back") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the fallback is already complete"),
+				 errdetail("The source is writable and this target read-only since %s.",
+						   state->fallback_lsn),
+				 errhint("CALL zdm.finish() ends the migration.")));
+	if (state->fallback_name == NULL ||
+		(strcmp(state->phase, "completed") != 0 &&
+		 strcmp(state->phase, "fallback") != 0 &&
+		 strcmp(state->phase, "fallback_detaching") != 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("there is no reverse replication to fall back with"),
+				 errdetail("The migration is in phase %s%s.", state->phase,
+						   state->fallback_name ? "" : ", and its cutover did not set up a fallback"),
+				 strcmp(state->phase, "streaming") == 0 ?
+				 errhint("Before the cutover the source is still in use: CALL zdm.abort() stops the migration.") :
+				 errhint("A fallback needs CALL zdm.cutover(fallback => true).")));
+}
+
+static void
+load_migration(FallbackRun *run)
+{
+	load_migration_to_fall_back(&run->state);
+}
+
+static void
+mark_started(FallbackRun *run)
+{
+	state_set_phase("fallback");
+	event_log("fallback_started", "timeout %lld ms, sequence buffer %lld",
+			  (long long) run->shared->timeout_ms,
+			  (long long) run->shared->sequence_buffer);
+}
+
+static void
+mark_detaching(FallbackRun *run)
+{
+	state_begin_fallback_detach(run->final_lsn);
+	event_log("fallback_fence_committed",
+			  "source caught up with %s; this target is read-only from now on",
+			  run->final_lsn);
+}
+
+static void
+mark_fallen_back(FallbackRun *run)
+{
+	run->blocked_ms = run->fence_started == 0 ? 0 :
+		(double) (GetCurrentTimestamp() - run->fence_started) / 1000.0;
+	state_fallen_back(run->blocked_ms);
+	event_log("fallen_back", "final target position %s, writes blocked for %.1f ms",
+			  run->final_lsn ? run->final_lsn : "(from an earlier call)",
+			  run->blocked_ms);
+}
+
+static void
+record_failure(FallbackRun *run)
+{
+	if (!run->shared->past_no_return)
+		state_set_phase("completed");
+	event_log("fallback_failed", "%s", failure_message);
+}
+
+/*
+ * Refuse to fence while the reverse replication does not run: the source
+ * could not catch up.
+ */
+static void
+check_reverse_running(FallbackRun *run)
+{
+	const char *params[1] = {run->state.fallback_name};
+	RemoteResult *res;
+
+	res = remote_query(run->source,
+					   "SELECT s.subenabled, "
+					   "  EXISTS (SELECT 1 FROM pg_stat_subscription st "
+					   "          WHERE st.subid = s.oid AND st.pid IS NOT NULL) "
+					   "FROM pg_subscription s WHERE s.subname = $1 "
+					   "  AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+					   1, params, "looking at the reverse subscription");
+	if (res->ntuples != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("the reverse subscription %s is missing on the source", run->state.fallback_name),
+				 errdetail("Nothing was locked."),
+				 errhint("Without it the source cannot catch up with this target; a fallback is no longer possible.")));
+	if (strcmp(remote_value(res, 0, 0), "t") != 0 ||
+		strcmp(remote_value(res, 0, 1), "t") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the reverse replication is not running on the source"),
+				 errdetail("Subscription %s there is %s. Nothing was locked.",
+						   run->state.fallback_name,
+						   strcmp(remote_value(res, 0, 0), "t") != 0 ? "disabled" :
+						   "enabled but has no apply worker (it may be failing, see the source's log)"),
+				 errhint("Fix the cause on the source, wait until the fallback rows of zdm.status() show it streaming, and call zdm.fallback() again.")));
+}
+
+/*
+ * The reverse slot's view: whether the source has confirmed lsn (NULL:
+ * only how far behind it is), and how many bytes it still lacks.
+ */
+static bool
+source_confirmed(FallbackRun *run, const char *lsn, int64 *behind)
+{
+	const char *params[2] = {run->state.fallback_name, lsn};
+	RemoteResult *res;
+
+	res = remote_query(run->target,
+					   "SELECT confirmed_flush_lsn >= coalesce($2::pg_lsn, pg_current_wal_lsn()), "
+					   "  greatest(pg_wal_lsn_diff(coalesce($2::pg_lsn, pg_current_wal_lsn()), "
+					   "    confirmed_flush_lsn), 0)::bigint "
+					   "FROM pg_replication_slots WHERE slot_name = $1",
+					   2, params, "watching the reverse slot");
+	if (res->ntuples != 1 || remote_value(res, 0, 0) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("the reverse replication slot %s is missing or unused on this target",
+						run->state.fallback_name),
+				 errhint("Without it the source cannot catch up with this target; a fallback is no longer possible.")));
+	*behind = strtoi64(remote_value(res, 0, 1), NULL, 10);
+	return strcmp(remote_value(res, 0, 0), "t") == 0;
+}
+
+/*
+ * Before fencing: wait, unlocked, until the source is less than
+ * FENCE_LAG_LIMIT_BYTES behind, so the fenced wait is short.
+ */
+static void
+come_close(FallbackRun *run)
+{
+	int64		behind;
+
+	for (;;)
+	{
+		check_still_wanted(run, "waiting for the source to come close before fencing");
+		(void) source_confirmed(run, NULL, &behind);
+		if (behind <= FENCE_LAG_LIMIT_BYTES)
+			return;
+		nap();
+	}
+}
+
+/*
+ * With the fence held: wait until the source has applied and flushed
+ * everything up to run->final_lsn.
+ */
+static void
+wait_for_source(FallbackRun *run)
+{
+	TimestampTz last_notice = 0;
+	TimestampTz last_ping = GetCurrentTimestamp();
+	int64		behind;
+
+	for (;;)
+	{
+		TimestampTz now;
+
+		check_still_wanted(run, "waiting for the source to catch up");
+		if (source_confirmed(run, run->final_lsn, &behind))
+			return;
+		now = GetCurrentTimestamp();
+		if (TimestampDifferenceExceeds(last_ping, now, zdm_fence_idle_timeout_ms / 4))
+		{
+			fence_ping(run->fence);
+			last_ping = now;
+		}
+		if (TimestampDifferenceExceeds(last_notice, now, PROGRESS_NOTICE_MS))
+		{
+			ereport(NOTICE,
+					(errmsg("source %lld bytes behind this target's final position %s",
+							(long long) behind, run->final_lsn)));
+			last_notice = now;
+		}
+		nap();
+	}
+}
+
+static void
+set_sequences(FallbackRun *run)
+{
+	int64		set;
+	int			skipped;
+
+	sequences_push(run->source, run->shared->sequence_buffer, &set, &skipped);
+	event_log("sequences_synced", "%lld sequences of the source set to this target's value + %lld; %d without counterpart or privilege left alone",
+			  (long long) set, (long long) run->shared->sequence_buffer, skipped);
+	ereport(NOTICE,
+			(errmsg("%lld sequences of the source set to this target's value + %lld",
+					(long long) set, (long long) run->shared->sequence_buffer),
+			 skipped > 0 ?
+			 errdetail("%d sequences of this target have no counterpart on the source, or the source role may not set them, and were left alone.",
+					   skipped) : 0));
+}
+
+/*
+ * Commit the fence here: the point of no return.  The reverse publication
+ * stays until the subscription is gone: its walsender would fail on a
+ * publication dropped under it.
+ */
+static void
+commit_fence(FallbackRun *run)
+{
+	int			fence_pid = PQbackendPID(run->fence);
+	FenceOutcome outcome;
+
+	fence_finish_permanent(run->fence);
+	SpinLockAcquire(&run->shared->mutex);
+	run->shared->past_no_return = true;
+	SpinLockRelease(&run->shared->mutex);
+
+	if (fence_commit(run->fence, NULL))
+		return;
+	outcome = fence_outcome(run->state.fallback_conninfo, fence_pid);
+	if (outcome == FENCE_COMMITTED)
+		return;
+	if (outcome == FENCE_ROLLED_BACK)
+	{
+		SpinLockAcquire(&run->shared->mutex);
+		run->shared->past_no_return = false;
+		SpinLockRelease(&run->shared->mutex);
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("the fence on this target ended before the fallback could commit it"),
+				 errdetail("The session holding the fence was lost; writes resumed here."),
+				 errhint("Run CALL zdm.fallback() again.")));
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_CONNECTION_FAILURE),
+			 errmsg("could not learn whether the fence on this target was committed"),
+			 errhint("Run CALL zdm.fallback() again: it looks and either finishes or starts over.")));
+}
+
+/*
+ * After the point of no return: make the source writable.  Its trigger
+ * function becomes a no-op and its event trigger goes, in one transaction
+ * that takes no table lock; the triggers themselves are dropped later
+ * (zdm.finish()), since dropping them locks every table.
+ */
+static void
+make_source_writable(FallbackRun *run)
+{
+	remote_command(run->source,
+				   "BEGIN; "
+				   "CREATE OR REPLACE FUNCTION " ZDM_FENCE_SCHEMA ".reject_write() "
+				   "RETURNS trigger LANGUAGE plpgsql AS $zdm$ BEGIN RETURN NULL; END $zdm$; "
+				   "DROP EVENT TRIGGER IF EXISTS zdm_reject_create; "
+				   "COMMIT",
+				   "making the source writable");
+}
+
+static bool
+target_has_fence_schema(FallbackRun *run)
+{
+	RemoteResult *res = remote_query(run->target,
+									 "SELECT EXISTS (SELECT 1 FROM pg_namespace "
+									 "WHERE nspname = '" ZDM_FENCE_SCHEMA "')",
+									 0, NULL, "checking the fence");
+
+	return strcmp(remote_value(res, 0, 0), "t") == 0;
+}
+
+/*
+ * The end: the source is writable; record it and release the caller.
+ */
+static void
+complete(FallbackRun *run)
+{
+	make_source_writable(run);
+	in_transaction(mark_fallen_back, run);
+	SpinLockAcquire(&run->shared->mutex);
+	run->shared->succeeded = true;
+	SpinLockRelease(&run->shared->mutex);
+	ereport(NOTICE,
+			(errmsg("fallback complete: writes were blocked on this target for %.1f ms; point the application at the source now",
+					run->blocked_ms),
+			 errdetail("This target stays read-only (schema %s holds its write-rejecting triggers); the reverse replication is removed next, see zdm.event_log.",
+					   ZDM_FENCE_SCHEMA),
+			 errhint("CALL zdm.finish() ends the migration and drops the source's disabled triggers.")));
+}
+
+/*
+ * The fallback proper; see the file header.
+ */
+static void
+fallback_steps(FallbackRun *run)
+{
+	List	   *tables;
+
+	run->source = remote_connect(run->state.source_conninfo, "to fall back");
+	remote_keep_across_abort(run->source);
+	run->target = remote_connect(run->state.fallback_conninfo, "to fence writes on this target");
+	remote_keep_across_abort(run->target);
+	remote_command(run->target,
+				   "SET synchronous_commit = on; SET statement_timeout = 0",
+				   "setting up the control session");
+
+	if (target_has_fence_schema(run))
+	{
+		ereport(NOTICE,
+				(errmsg("finishing an interrupted fallback"),
+				 errdetail("This target was made read-only for good before the interruption.")));
+		complete(run);
+		return;
+	}
+
+	check_reverse_running(run);
+	in_transaction(mark_started, run);
+	come_close(run);
+
+	tables = fence_published_tables(run->target);
+	run->fence_started = GetCurrentTimestamp();
+	fence_acquire(run->state.fallback_conninfo, run->target, tables, &run->fence,
+				  (int) Min(TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+															run->deadline) + 1000,
+							INT_MAX),
+				  still_wanted_while_fencing, run);
+	fence_make_permanent(run->fence, false);
+	fence_verify(run->target, run->fence, list_length(tables));
+	ereport(NOTICE,
+			(errmsg("writes blocked on this target: %d tables fenced in %.1f ms",
+					list_length(tables),
+					(double) (GetCurrentTimestamp() - run->fence_started) / 1000.0)));
+
+	run->final_lsn = pstrdup(remote_value(remote_query(run->target,
+													   "SELECT pg_logical_emit_message(true, 'pg_zdm', 'fallback')::text",
+													   0, NULL, "capturing the final position"),
+										  0, 0));
+	ereport(NOTICE, (errmsg("final target position %s", run->final_lsn)));
+
+	in_transaction(set_sequences, run);
+	wait_for_source(run);
+	ereport(NOTICE,
+			(errmsg("source caught up with %s, %.1f ms after the fence",
+					run->final_lsn,
+					(double) (GetCurrentTimestamp() - run->fence_started) / 1000.0)));
+
+	check_still_wanted(run, "about to make this target read-only");
+	in_transaction(mark_detaching, run);
+	remote_set_deadline(TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													CLEANUP_TIMEOUT_MS));
+	commit_fence(run);
+	complete(run);
+}
+
+/*
+ * End the fence unless the fallback passed its point of no return; also
+ * runs when the worker is terminated.
+ */
+static void
+release_fence_on_failure(int code, Datum arg)
+{
+	FallbackRun *run = (FallbackRun *) DatumGetPointer(arg);
+
+	remote_set_deadline(0);
+	if (!run->shared->past_no_return)
+	{
+		fence_release(run->fence, run->target, run->state.fallback_conninfo);
+		run->fence = NULL;
+	}
+}
+
+static void
+fallback_steps_or_release(FallbackRun *run)
+{
+	PG_ENSURE_ERROR_CLEANUP(release_fence_on_failure, PointerGetDatum(run));
+	{
+		fallback_steps(run);
+	}
+	PG_END_ENSURE_ERROR_CLEANUP(release_fence_on_failure, PointerGetDatum(run));
+}
+
+static void
+log_reverse_removed(FallbackRun *run)
+{
+	event_log("fallback_cleaned", "subscription %s on the source, slot %s and publication %s here dropped",
+			  run->state.fallback_name, run->state.fallback_name, ZDM_PUBLICATION);
+}
+
+/*
+ * Once the caller is gone: remove the reverse replication.  A failure is
+ * logged, not raised: zdm.finish() removes what is left.
+ */
+static void
+remove_reverse(FallbackRun *run)
+{
+	if (reverse_remove(run->source, run->target, run->state.fallback_name,
+					   CLEANUP_TIMEOUT_MS))
+	{
+		in_transaction(log_reverse_removed, run);
+		return;
+	}
+	ereport(WARNING,
+			(errmsg("the fallback is complete, but its reverse replication is still partly in place"),
+			 errhint("CALL zdm.finish() removes it.")));
+}
+
+/*
+ * Entry point of the fallback worker; main_arg is the DSM handle.
+ */
+void
+zdm_fallback_worker_main(Datum main_arg)
+{
+	dsm_segment *seg;
+	FallbackRun run;
+
+	memset(&run, 0, sizeof(run));
+	run.cxt = AllocSetContextCreate(TopMemoryContext, "pg_zdm fallback",
+									ALLOCSET_DEFAULT_SIZES);
+	MemoryContextSwitchTo(run.cxt);
+	run.shared = worker_attach(main_arg, "pg_zdm fallback", &seg);
+
+	in_transaction(load_migration, &run);
+	run.deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+											   run.shared->timeout_ms);
+	remote_set_deadline(TimestampTzPlusMilliseconds(run.deadline, 1000));
+
+	PG_TRY();
+	{
+		fallback_steps_or_release(&run);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(run.cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		failure_message = edata->message;
+		remote_set_deadline(0);
+		in_transaction(record_failure, &run);
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
+
+	dsm_detach(seg);
+	run.shared = NULL;
+	remote_set_deadline(0);
+	remote_disconnect(run.fence);
+	remove_reverse(&run);
+	remote_disconnect(run.target);
+	remote_disconnect(run.source);
+	migration_lock_release();
+}
