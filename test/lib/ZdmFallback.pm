@@ -24,7 +24,7 @@ our @EXPORT = qw(start_fallback_target target_dsn fallback_name
   reverse_objects wait_reverse_streaming target_fenced_query
   table_digest keys_on acked_keys missing_keys log_position
   apply_trouble_since reverse_apply_errors fallback_check_rows
-  poll_while_running);
+  poll_while_running wait_no_reverse_objects);
 
 # start_fallback_target(name, extra_conf): like ZdmTest's start_target, a
 # cluster with database "app" and the extension, but able to publish:
@@ -96,6 +96,23 @@ UNION ALL
 SELECT 'publication ' || pubname FROM pg_catalog.pg_publication WHERE pubname = 'zdm_pub'
 ORDER BY 1});
 	return join('; ', @found);
+}
+
+# wait_no_reverse_objects(source, target): wait (up to the TAP timeout) until
+# reverse_objects is '' -- the fallback and zdm.finish() may remove them
+# after the call returned, as the cutover drops its slot -- and return what
+# is left then.
+sub wait_no_reverse_objects
+{
+	my ($source, $target) = @_;
+	my $deadline = time() + $PostgreSQL::Test::Utils::timeout_default;
+	my $left;
+
+	while (($left = reverse_objects($source, $target)) ne '' && time() < $deadline)
+	{
+		select(undef, undef, undef, 0.2);
+	}
+	return $left;
 }
 
 # wait_reverse_streaming(target, label): wait until zdm.status() says that

@@ -115,7 +115,7 @@ like($name, qr/^zdm_fallback_\d+_\d+$/, "the reverse replication's name is $name
 		'', 'zdm.check_fallback: every check is named fallback_*');
 	is(join(', ', grep { !/\|true\|/ } @rows), '', 'zdm.check_fallback: every check is ok')
 	  or diag explain \@rows;
-	is(reverse_objects($source, $target), '',
+	is(wait_no_reverse_objects($source, $target), '',
 		'zdm.check_fallback created nothing on either side');
 }
 
@@ -457,7 +457,7 @@ foreach my $sql (
 }
 is($source->safe_psql('app', "SELECT count(*) FROM pg_namespace WHERE nspname = 'zdm_fence'"),
 	'0', 'no zdm_fence schema left on the source');
-is(reverse_objects($source, $target), '',
+is(wait_no_reverse_objects($source, $target), '',
 	'no reverse subscription on the source, no slot or publication on the target');
 
 note 'zdm.status() after the fallback: '
@@ -479,7 +479,9 @@ note 'zdm.status() after the fallback: '
 			"SELECT string_agg(component || '|' || ok::text || '|' || value, '; ') FROM zdm.status()"),
 		'overall|false|no migration: start one with CALL zdm.init(source_dsn)',
 		'zdm.status() says there is no migration');
-	is(reverse_objects($source, $target), '', 'zdm.finish() leaves nothing behind');
+	is(wait_no_reverse_objects($source, $target), '', 'zdm.finish() leaves nothing behind');
+	is($source->safe_psql('app', "SELECT count(*) FROM pg_namespace WHERE nspname = 'zdm_fence'"),
+		'0', 'no zdm_fence schema on the source after zdm.finish()');
 	($r, $out, $err) = psql_verbose($target, 'app', 'INSERT INTO t_trunc VALUES (-5)');
 	is(sqlstate_of($err), '25006', 'the target stays read-only after zdm.finish()');
 	($r, $out, $err) = psql_verbose($source, 'app', 'INSERT INTO t_trunc VALUES (-5)');

@@ -354,7 +354,7 @@ WHERE relation = 'w'::regclass AND mode = 'RowExclusiveLock' AND NOT granted}),
 		"$label: the source's identity hands out a key above every key of the target ($target_max)");
 	is($source->safe_psql('app', "SELECT count(*) FROM pg_namespace WHERE nspname = 'zdm_fence'"),
 		'0', "$label: no zdm_fence left on the source");
-	is(reverse_objects($source, $target), '',
+	is(wait_no_reverse_objects($source, $target), '',
 		"$label: no reverse subscription, slot or publication left");
 	($ret, $stderr) = on_target('CALL zdm.finish()');
 	is($ret, 0, "$label: zdm.finish() afterwards succeeds") or diag $stderr;
@@ -396,7 +396,7 @@ sub new_migration
 
 	($ret, $stderr) = on_target('CALL zdm.finish()');
 	is($ret, 0, "$label: zdm.finish() succeeds") or diag $stderr;
-	is(reverse_objects($source, $target), '',
+	is(wait_no_reverse_objects($source, $target), '',
 		"$label: no subscription on the source, no slot or publication on the target");
 	is($source->safe_psql('app', 'SELECT count(*) FROM pg_replication_origin'),
 		'0', "$label: no replication origin left on the source");
@@ -425,7 +425,7 @@ sub new_migration
 	new_migration();
 	my ($ret, $stderr) = on_target('CALL zdm.cutover()');
 	is($ret, 0, "$label: succeeds") or diag $stderr;
-	is(reverse_objects($source, $target), '', "$label: sets up no reverse replication");
+	is(wait_no_reverse_objects($source, $target), '', "$label: sets up no reverse replication");
 	($ret, $stderr) = on_target('CALL zdm.fallback()');
 	is(sqlstate_of($stderr), '55000',
 		"$label: zdm.fallback() is refused (55000): no cutover with fallback happened")

@@ -195,7 +195,7 @@ SELECT count(*) FROM (SELECT client, seq FROM t_keyless GROUP BY 1, 2 HAVING cou
 			"INSERT INTO $table (client, seq) VALUES (-3, 1)");
 		is(sqlstate_of($err), '25006', "$v: the target rejects INSERT into $table");
 	}
-	is(reverse_objects($source, $target), '',
+	is(wait_no_reverse_objects($source, $target), '',
 		"$v: no reverse subscription, slot or publication left");
 	($ret, $out, $err) = psql_verbose($target, 'app', 'CALL zdm.finish()');
 	is($ret, 0, "$v: zdm.finish() succeeds") or diag $err;
