@@ -24,7 +24,8 @@ our @EXPORT = qw(start_fallback_target target_dsn fallback_name
   reverse_objects wait_reverse_streaming target_fenced_query
   table_digest keys_on acked_keys missing_keys log_position
   apply_trouble_since reverse_apply_errors fallback_check_rows
-  poll_while_running wait_no_reverse_objects);
+  poll_while_running wait_no_reverse_objects stop_unless
+  stop_walsender);
 
 # start_fallback_target(name, extra_conf): like ZdmTest's start_target, a
 # cluster with database "app" and the extension, but able to publish:
@@ -96,6 +97,35 @@ UNION ALL
 SELECT 'publication ' || pubname FROM pg_catalog.pg_publication WHERE pubname = 'zdm_pub'
 ORDER BY 1});
 	return join('; ', @found);
+}
+
+# stop_unless(ok, what): when a step that the rest of the test depends on
+# failed (a cutover or a fallback that should have succeeded), end the test
+# here, with what failed so far, instead of waiting through the timeouts of
+# every check after it.
+sub stop_unless
+{
+	my ($ok, $what) = @_;
+	return if $ok;
+	diag "stopping here: $what failed, and everything after it depends on it";
+	done_testing();
+	exit 0;
+}
+
+# stop_walsender(source): stop (SIGSTOP) the source's walsender of the
+# forward slot, holding the forward replication back without a lock on the
+# target (a lock there would also hold back the cutover's CREATE
+# PUBLICATION, and a transaction with an xid the creation of its slot).
+# Returns its pid, for kill 'CONT'.  The test must also send CONT from an
+# END block, should it die in between.
+sub stop_walsender
+{
+	my ($source) = @_;
+	my $pid = $source->safe_psql('app', q{
+SELECT active_pid FROM pg_replication_slots WHERE slot_name LIKE 'zdm\_%' AND active});
+	die "no active walsender of the forward slot on the source" unless $pid =~ /^\d+$/;
+	kill('STOP', $pid) == 1 or die "could not stop the walsender $pid: $!";
+	return $pid;
 }
 
 # wait_no_reverse_objects(source, target): wait (up to the TAP timeout) until

@@ -136,19 +136,12 @@ ok( $fwd->wait_for(
 		sub { !grep { count_of($fwd, $_, 'ok') < 20 } keys %fwd_mode }),
 	'every writer on the source has commits acknowledged');
 
-# Hold the forward replication back (see the file header): the source's
-# walsender of the forward slot is stopped (SIGSTOP) until the source is
-# fenced.  (A lock on a target table would also hold back the cutover's
-# CREATE PUBLICATION there, and a transaction with an xid the creation of
-# its slot.)  Writes go on meanwhile: the cutover comes close on the slot's
-# lag, which stays far below 1 MB.
-my $walsender = $source->safe_psql('app', q{
-SELECT active_pid FROM pg_replication_slots WHERE slot_name LIKE 'zdm\_%' AND active});
-like($walsender, qr/^\d+$/, 'the walsender of the forward slot runs on the source');
+# Hold the forward replication back (see the file header; stop_walsender)
+# until the source is fenced.  Writes go on meanwhile: the cutover comes
+# close on the slot's lag, which stays far below 1 MB.
 my @stopped;
 END { kill 'CONT', @stopped if @stopped; }
-is(kill('STOP', $walsender), 1, 'the walsender of the forward slot is stopped');
-@stopped = ($walsender);
+@stopped = (stop_walsender($source));
 my $acked_at_stall = scalar(acked_keys($fwd));
 ok($fwd->wait_for(sub { acked_keys($fwd) >= $acked_at_stall + 40 }),
 	'the writers go on while the target is held back');
@@ -168,13 +161,14 @@ is( reverse_objects($source, $target),
 	cmp_ok($behind, '>', 0,
 		"when the fence holds, $behind acknowledged commits are not on the target yet");
 }
-kill 'CONT', $walsender;
+kill 'CONT', @stopped;
 @stopped = ();
 
 my ($ret, $stderr) = finish_cutover($call);
 is($ret, 0, 'the cutover with fallback succeeds under write load') or diag $stderr;
 note "cutover output:\n$stderr";
 like($stderr, qr/cutover complete/, 'the cutover says it is complete');
+stop_unless($ret == 0, 'the cutover with fallback');
 
 # --- 3. after the cutover ------------------------------------------------------
 
@@ -333,6 +327,7 @@ $hold->quit;
 ($ret, $stderr) = finish_cutover($call);
 is($ret, 0, 'the fallback succeeds under write load') or diag $stderr;
 note "fallback output:\n$stderr";
+stop_unless($ret == 0, 'the fallback');
 
 # --- 6. after the fallback ---------------------------------------------------
 

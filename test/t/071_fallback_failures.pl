@@ -14,8 +14,11 @@
 #      Each time: the source was never fenced and takes writes, no zdm_fence
 #      there, no subscription on the source, no slot or publication on the
 #      target, the migration still streaming and replicating, no write lost.
-#   B. Once the causes are fixed, the cutover with fallback succeeds under
-#      write load.
+#   B. A cutover with fallback whose timeout expires after it prepared the
+#      reverse replication (the forward walsender stopped, so the target
+#      cannot catch up) leaves nothing of it behind, the source writable,
+#      the migration streaming.  Once the causes are fixed, the cutover with
+#      fallback succeeds under write load.
 #   C. The fallback fails before its point of no return, under writes to
 #      the target, while the source's reverse apply is held back (a source
 #      session locks a table the target writes to) so that the fallback
@@ -171,6 +174,38 @@ wait_until_ready($target);
 
 # --- B. the cutover with fallback -------------------------------------------------
 
+# A cutover with fallback that fails after it prepared the reverse
+# replication: the forward replication held back (stop_walsender), the
+# timeout expires while the target catches up.  Nothing of the reverse
+# replication may be left, the source is writable, the migration goes on.
+my @stopped;
+END { kill 'CONT', @stopped if @stopped; }
+{
+	my $label = 'cutover with fallback timing out';
+	my $fault = $fwd->begin_fault($label);
+	my $load = $fwd->start_writers;
+	@stopped = (stop_walsender($source));
+	my ($ret, $stderr) = on_target("CALL zdm.cutover(timeout => '5 s', $with_fallback)");
+	kill 'CONT', @stopped;
+	@stopped = ();
+	isnt($ret, 0, "$label: the cutover fails");
+	is(sqlstate_of($stderr), '57014', "$label: with SQLSTATE 57014") or diag $stderr;
+	like($stderr, qr/writes blocked on the source/, "$label: the source was fenced before");
+	is(wait_no_reverse_objects($source, $target), '',
+		"$label: no subscription on the source, no slot or publication on the target");
+	($ret, $stderr) = $fwd->source_write("$label: after", '10s');
+	is($ret, 0, "$label: the source takes writes") or diag $stderr;
+	is( $source->safe_psql('app',
+			"SELECT count(*) FROM pg_namespace WHERE nspname = 'zdm_fence'"),
+		'0', "$label: no zdm_fence schema on the source");
+	ok( $target->poll_query_until('app', 'SELECT phase FROM zdm.migration', 'streaming'),
+		"$label: the migration is streaming again");
+	$fwd->stop_writers($load);
+	$fwd->no_write_lost($label, 1);
+	wait_until_ready($target);
+	$fwd->end_fault($fault);
+}
+
 {
 	my $label = 'cutover with fallback';
 	is( $target->safe_psql('app',
@@ -179,6 +214,11 @@ wait_until_ready($target);
 	my $load = $fwd->start_writers;
 	my ($ret, $stderr) = on_target("CALL zdm.cutover($with_fallback)");
 	is($ret, 0, "$label: succeeds under write load") or diag $stderr;
+	if ($ret != 0)
+	{
+		$fwd->stop_writers($load);
+		stop_unless(0, $label);
+	}
 	my ($r, $e) = $fwd->source_write("$label: after", '10s');
 	is(sqlstate_of($e), '25006', "$label: the source rejects writes afterwards");
 	$fwd->stop_writers($load);
@@ -336,6 +376,11 @@ WHERE relation = 'w'::regclass AND mode = 'RowExclusiveLock' AND NOT granted}),
 	my $load = $rev->start_writers;
 	my ($ret, $stderr) = on_target("CALL zdm.fallback(timeout => '1 min')");
 	is($ret, 0, "$label: succeeds under write load") or diag $stderr;
+	if ($ret != 0)
+	{
+		$rev->stop_writers($load);
+		stop_unless(0, $label);
+	}
 	note "$label: output: $stderr";
 	my ($r, $e) = $rev->source_write("$label: after", '10s');
 	is(sqlstate_of($e), '25006', "$label: the target rejects writes afterwards");
@@ -383,6 +428,7 @@ sub new_migration
 	new_migration();
 	my ($ret, $stderr) = on_target("CALL zdm.cutover($with_fallback)");
 	is($ret, 0, "$label: the cutover with fallback succeeds") or diag $stderr;
+	stop_unless($ret == 0, "$label: the cutover");
 	wait_reverse_streaming($target, $label);
 	$target->safe_psql('app', "INSERT INTO t VALUES (900001, 'written on the target')");
 	ok($source->poll_query_until('app', 'SELECT count(*) = 1 FROM t WHERE id = 900001'),

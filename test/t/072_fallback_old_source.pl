@@ -119,6 +119,11 @@ INSERT INTO t_keyless (client, seq, note) SELECT 0, i, 'row ' || i FROM generate
 	($ret, $out, $err) = psql_verbose($target, 'app',
 		"CALL zdm.cutover(fallback => true, target_dsn => '$tdsn')");
 	is($ret, 0, "$v: the cutover with fallback succeeds under write load") or diag $err;
+	if ($ret != 0)
+	{
+		$fwd->stop;
+		die "the cutover with fallback failed: the rest depends on it\n";
+	}
 	ok( $ret == 0
 		  && each_writer($fwd, sub { $_[0]->{kind} eq 'err' && $_[0]->{sqlstate} eq '25006' }),
 		"$v: every writer on the source is refused with 25006 after the cutover");
@@ -159,6 +164,11 @@ SELECT (SELECT count(*) FROM t_serial WHERE note = 'updated on the target')
 	# --- the fallback under load -------------------------------------------------
 	($ret, $out, $err) = psql_verbose($target, 'app', "CALL zdm.fallback(timeout => '1 min')");
 	is($ret, 0, "$v: the fallback succeeds under write load") or diag $err;
+	if ($ret != 0)
+	{
+		$bwd->stop;
+		die "the fallback failed: the rest depends on it\n";
+	}
 	ok( $ret == 0
 		  && each_writer($bwd, sub { $_[0]->{kind} eq 'err' && $_[0]->{sqlstate} eq '25006' }),
 		"$v: every writer on the target is refused with 25006 after the fallback");
