@@ -84,11 +84,46 @@ CALL zdm.cutover(sequence_buffer => -1);
 \echo :LAST_ERROR_SQLSTATE
 CALL zdm.cutover(sequence_buffer => 9223372036854775807);
 \echo :LAST_ERROR_SQLSTATE
+CALL zdm.cutover(fallback => NULL);
+\echo :LAST_ERROR_SQLSTATE
+CALL zdm.cutover(target_dsn => 'host=elsewhere');
+\echo :LAST_ERROR_SQLSTATE
+CALL zdm.cutover(fallback => true, target_dsn => 'nosuchkeyword=1');
+\echo :LAST_ERROR_SQLSTATE
+CALL zdm.cutover(fallback => true, target_dsn => '  ');
+\echo :LAST_ERROR_SQLSTATE
+CALL zdm.cutover(fallback => true);
+\echo :LAST_ERROR_SQLSTATE
+
+-- Fallback, its checks and finish without a migration.
+CALL zdm.fallback();
+\echo :LAST_ERROR_SQLSTATE
+CALL zdm.fallback(timeout => NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM zdm.check_fallback();
+\echo :LAST_ERROR_SQLSTATE
+CALL zdm.finish();
+BEGIN;
+CALL zdm.fallback();
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK;
+BEGIN;
+CALL zdm.finish();
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK;
 
 -- init twice.
 CALL zdm.init(:'dsn');
 CALL zdm.init(:'dsn');
 \echo :LAST_ERROR_SQLSTATE
+
+-- Before the cutover: no fallback and no finish; the fallback checks run.
+CALL zdm.fallback();
+\echo :LAST_ERROR_SQLSTATE
+CALL zdm.finish();
+\echo :LAST_ERROR_SQLSTATE
+SELECT name, ok, blocking FROM zdm.check_fallback();
+SELECT count(*) AS migrations FROM zdm.migration WHERE phase = 'streaming';
 CALL zdm.abort();
 SELECT source_objects();
 SELECT on_both('DROP TABLE bi_items');

@@ -431,7 +431,8 @@ fallback_steps(FallbackRun *run)
 
 	run->source = remote_connect(run->state.source_conninfo, "to fall back");
 	remote_keep_across_abort(run->source);
-	run->target = remote_connect(run->state.fallback_conninfo, "to fence writes on this target");
+	run->target = remote_connect_to(run->state.fallback_conninfo, "target",
+									"to fall back");
 	remote_keep_across_abort(run->target);
 	remote_command(run->target,
 				   "SET synchronous_commit = on; SET statement_timeout = 0",

@@ -192,8 +192,16 @@ enum
 	BLOCKER_SOURCE_ROLE
 };
 
+/* The call that retries a fence given up on the server control reaches. */
+static const char *
+fence_retry(PGconn *control)
+{
+	return strcmp(remote_side(control), "target") == 0 ?
+		"CALL zdm.fallback()" : "CALL zdm.cutover()";
+}
+
 /*
- * Terminate the source sessions that keep the fence from being granted.
+ * Terminate the sessions that keep the fence from being granted.
  * Returns how many were terminated.  When only sessions that the source
  * role may not terminate stand in the way -- a superuser's, or another
  * role's without pg_signal_backend -- waiting longer is pointless: throw,
@@ -248,25 +256,29 @@ terminate_blockers(PGconn *control, int fence_pid)
 		bool		superuser = super != NULL && strcmp(super, "t") == 0;
 		const char *role = remote_value(res, stuck, BLOCKER_SOURCE_ROLE);
 
+		const char *side = remote_side(control);
+		const char *retry = fence_retry(control);
+
 		user = quote_identifier(user ? user : "?");
 		ereport(ERROR,
 				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
-				 errmsg("could not fence writes: source session %s of %s %s holds a lock on a published table and role %s may not terminate it",
-						spid, superuser ? "superuser" : "role", user, role),
+				 errmsg("could not fence writes: %s session %s of %s %s holds a lock on a published table and role %s may not terminate it",
+						side, spid, superuser ? "superuser" : "role", user, role),
 				 errdetail("Session %s (user %s, application_name %s, transaction started %s, query started %s) was still in the way after zdm.lock_grace_period%s. %s "
-						   "The cutover gave up: the fence is released, the source is writable and replication goes on.",
+						   "The fence was given up and released: the %s is writable and replication goes on.",
 						   spid, user, quote_literal_cstr(app ? app : ""),
-						   xact ? xact : "(hidden: the source role is not in pg_read_all_stats)",
+						   xact ? xact : "(hidden: the role is not in pg_read_all_stats)",
 						   query ? query : "(hidden)",
 						   nstuck > 1 ? psprintf(", with %d more sessions it may not terminate", nstuck - 1) : "",
 						   superuser ?
 						   "Only a superuser may terminate a superuser's session." :
-						   "Terminating another role's session needs membership in pg_signal_backend."),
+						   "Terminating another role's session needs membership in pg_signal_backend.",
+						   side),
 				 superuser ?
-				 errhint("End that transaction (a superuser can run SELECT pg_terminate_backend(%s); on the source), or keep superusers from writing to the published tables during the cutover, then run CALL zdm.cutover() again.",
-						 spid) :
-				 errhint("On the source, GRANT pg_signal_backend TO %s; lets the fence end such sessions; or end that transaction (SELECT pg_terminate_backend(%s); on the source), then run CALL zdm.cutover() again.",
-						 role, spid)));
+				 errhint("End that transaction (a superuser can run SELECT pg_terminate_backend(%s); on the %s), or keep superusers from writing to the published tables meanwhile, then run %s again.",
+						 spid, side, retry) :
+				 errhint("On the %s, GRANT pg_signal_backend TO %s; lets the fence end such sessions; or end that transaction (SELECT pg_terminate_backend(%s); on the %s), then run %s again.",
+						 side, role, spid, side, retry)));
 	}
 	return terminated;
 }
@@ -301,10 +313,11 @@ fence_acquire(const char *dsn, PGconn *control, List *tables,
 	if (tables == NIL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("publication %s on the source has no tables to fence", ZDM_PUBLICATION)));
+				 errmsg("publication %s on the %s has no tables to fence", ZDM_PUBLICATION,
+						remote_side(control))));
 	parents = fence_partitioned_parents(control);
 
-	fence = remote_connect(dsn, "to fence writes");
+	fence = remote_connect_to(dsn, remote_side(control), "to fence writes");
 	remote_keep_across_abort(fence);
 	*fence_out = fence;
 
@@ -357,9 +370,9 @@ fence_acquire(const char *dsn, PGconn *control, List *tables,
 
 	if (terminated > 0)
 		ereport(NOTICE,
-				(errmsg_plural("terminated %d source session whose open write transaction blocked the fence",
-							   "terminated %d source sessions whose open write transactions blocked the fence",
-							   terminated, terminated),
+				(errmsg_plural("terminated %d %s session whose open write transaction blocked the fence",
+							   "terminated %d %s sessions whose open write transactions blocked the fence",
+							   terminated, terminated, remote_side(control)),
 				 errdetail("They were open longer than zdm.lock_grace_period; their transactions were rolled back and never acknowledged.")));
 }
 
@@ -400,9 +413,12 @@ fence_verify(PGconn *control, PGconn *fence, int ntables)
 	if (published != ntables || locked != ntables)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the published tables changed while the cutover fenced them"),
+				 errmsg("the published tables changed while they were fenced"),
 				 errdetail("The fence locked %d tables; the publication now has %ld, %ld of them locked. Writes were blocked; the fence is released.",
 						   ntables, published, locked),
+				 strcmp(remote_side(control), "target") == 0 ?
+				 errhint("Tables were added to or removed from publication %s here; restore it and run CALL zdm.fallback() again.",
+						 ZDM_PUBLICATION) :
 				 errhint("Run ALTER SUBSCRIPTION %s REFRESH PUBLICATION on this target (outside a transaction block), wait until zdm.status() is ready, and cut over again.",
 						 ZDM_SUBSCRIPTION)));
 }
@@ -611,8 +627,11 @@ fence_release(PGconn *fence, PGconn *control, const char *dsn)
 	char	   *reason;
 	bool		released = false;
 
+	const char *side;
+
 	if (fence == NULL)
 		return true;
+	side = remote_side(fence);
 	permanent_pending = false;
 	pid = PQbackendPID(fence);
 	remote_disconnect(fence);
@@ -626,8 +645,8 @@ fence_release(PGconn *fence, PGconn *control, const char *dsn)
 	remote_disconnect(helper);
 	if (!released)
 		ereport(WARNING,
-				(errmsg("could not make sure the fence session on the source has ended"),
-				 errdetail("Its lock_timeout or zdm.fence_idle_timeout ends it on the source."),
-				 errhint("On the source, SELECT pg_terminate_backend(%d) ends it now.", pid)));
+				(errmsg("could not make sure the fence session on the %s has ended", side),
+				 errdetail("Its lock_timeout or zdm.fence_idle_timeout ends it there."),
+				 errhint("On the %s, SELECT pg_terminate_backend(%d) ends it now.", side, pid)));
 	return released;
 }

@@ -86,6 +86,9 @@ extern PGconn *remote_connect(const char *dsn, const char *purpose);
 extern PGconn *remote_try_connect(const char *dsn, char **reason);
 extern PGconn *remote_connect_replication(const char *dsn, const char *purpose);
 extern void remote_keep_across_abort(PGconn *conn);
+extern PGconn *remote_connect_to(const char *dsn, const char *side,
+								 const char *purpose);
+extern const char *remote_side(PGconn *conn);
 extern PGconn *remote_connect_quietly(const char *dsn, int timeout_ms,
 									  char **reason);
 extern void remote_disconnect(PGconn *conn);
@@ -218,6 +221,7 @@ extern char *fallback_target_dsn(text *arg);
 /* reverse.c: the reverse replication, from this target to the source */
 extern void reverse_prepare(PGconn *source, PGconn *target,
 							const char *target_dsn, const char *name);
+extern void reverse_skip_applied(PGconn *target, const char *name);
 extern char *reverse_mark_start(PGconn *target, const char *name);
 extern char *reverse_enable_sql(const char *name);
 extern bool reverse_drop_subscription(PGconn *source, const char *name,

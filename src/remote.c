@@ -34,6 +34,7 @@ typedef struct OpenConnection
 	PGconn	   *conn;
 	SubTransactionId subid;		/* closed when this subxact aborts */
 	bool		kept;			/* survives (sub)transaction abort */
+	const char *server;			/* for messages: "source server" unless set */
 } OpenConnection;
 
 static List *open_connections = NIL;	/* in TopMemoryContext */
@@ -355,20 +356,39 @@ remote_try_connect(const char *dsn, char **reason)
 PGconn *
 remote_connect(const char *dsn, const char *purpose)
 {
+	return remote_connect_to(dsn, "source", purpose);
+}
+
+/*
+ * remote_connect_to: remote_connect to side ("source", or "target" for a
+ * connection of the fallback to this very server), which the messages
+ * about the connection name.
+ */
+PGconn *
+remote_connect_to(const char *dsn, const char *side, const char *purpose)
+{
 	char	   *reason;
 	bool		needs_password;
 	PGconn	   *conn;
+	ListCell   *lc;
 
 	conn = try_connect(dsn, dsn_connect_timeout(dsn), true, &reason,
 					   &needs_password);
 	if (conn == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION),
-				 errmsg("could not connect to the source server %s", purpose),
+				 errmsg("could not connect to the %s server %s", side, purpose),
 				 errdetail_internal("%s", reason),
 				 needs_password ?
-				 errhint("The source asks for a password: add password=... to the connection string or use a password file.") :
-				 errhint("Check the host, port, database name, user and password of the connection string, and the source's pg_hba.conf.")));
+				 errhint("The %s asks for a password: add password=... to the connection string or use a password file.", side) :
+				 errhint("Check the host, port, database name, user and password of the connection string, and the %s's pg_hba.conf.", side)));
+	foreach(lc, open_connections)
+	{
+		OpenConnection *entry = lfirst(lc);
+
+		if (entry->conn == conn)
+			entry->server = strcmp(side, "target") == 0 ? "target" : NULL;
+	}
 	return conn;
 }
 
@@ -446,6 +466,32 @@ capture_error(PGresult *res)
 }
 
 /*
+ * remote_side: which server conn reaches, for messages: "source", or
+ * "target" for the fallback's connections to this very server.
+ */
+const char *
+remote_side(PGconn *conn)
+{
+	ListCell   *lc;
+
+	foreach(lc, open_connections)
+	{
+		OpenConnection *entry = lfirst(lc);
+
+		if (entry->conn == conn && entry->server != NULL)
+			return entry->server;
+	}
+	return "source";
+}
+
+/* The server conn reaches, as messages name it. */
+static const char *
+server_of(PGconn *conn)
+{
+	return strcmp(remote_side(conn), "target") == 0 ? "this target" : "source server";
+}
+
+/*
  * Raise the error of a failed remote step, keeping the source's SQLSTATE and
  * message; the step is named in the context.
  */
@@ -455,15 +501,16 @@ raise_remote_error(PGconn *conn, RemoteError *err, const char *step)
 	if (err->primary == NULL)
 		ereport(ERROR,
 				(errcode(err->code),
-				 errmsg("lost the connection to the source server during %s", step),
+				 errmsg("lost the connection to the %s during %s", server_of(conn), step),
 				 errdetail_internal("%s", pchomp(PQerrorMessage(conn))),
-				 errhint("Check that the source server is up and reachable, then run the command again.")));
+				 errhint("Check that the %s is up and reachable, then run the command again.",
+						 server_of(conn))));
 	ereport(ERROR,
 			(errcode(err->code),
 			 errmsg_internal("%s", err->primary),
 			 err->detail ? errdetail_internal("%s", err->detail) : 0,
 			 err->hint ? errhint("%s", err->hint) : 0,
-			 errcontext("source server, during %s", step)));
+			 errcontext("%s, during %s", server_of(conn), step)));
 }
 
 /*

@@ -38,11 +38,13 @@
  * lists: these exist on both sides under the same names.  One statement of
  * constant size, whatever the table count.  publish_via_partition_root:
  * a table partitioned here only is published as itself, the plain table
- * the source has.
+ * the source has.  A PostgreSQL 10 subscriber does not know TRUNCATE
+ * messages: for such a source they are not published (the %s, a format
+ * for psprintf).
  */
 static const char *create_publication_sql =
 "DO $zdm$ BEGIN EXECUTE 'CREATE PUBLICATION " ZDM_PUBLICATION " FOR TABLE ' || "
-"(SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname) "
+"(SELECT string_agg(format('%%I.%%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname) "
 " FROM pg_catalog.pg_subscription s "
 " JOIN pg_catalog.pg_subscription_rel r ON r.srsubid = s.oid "
 " JOIN pg_catalog.pg_class c ON c.oid = r.srrelid "
@@ -50,7 +52,7 @@ static const char *create_publication_sql =
 " WHERE s.subname = '" ZDM_SUBSCRIPTION "' "
 "   AND s.subdbid = (SELECT oid FROM pg_catalog.pg_database "
 "                    WHERE datname = pg_catalog.current_database())) || "
-"' WITH (publish_via_partition_root = true)'; END $zdm$";
+"' WITH (publish_via_partition_root = true%s)'; END $zdm$";
 
 /*
  * reverse_drop_subscription: remove the reverse subscription from the
@@ -137,7 +139,10 @@ reverse_prepare(PGconn *source, PGconn *target, const char *target_dsn,
 						   name, name, ZDM_PUBLICATION),
 				 errhint("Drop them by hand and cut over again.")));
 
-	remote_command(target, create_publication_sql,
+	remote_command(target,
+				   psprintf(create_publication_sql,
+							PQserverVersion(source) < 110000 ?
+							", publish = ''insert, update, delete''" : ""),
 				   "creating the reverse publication on this target");
 	(void) remote_query(target,
 						"SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
@@ -160,6 +165,22 @@ reverse_prepare(PGconn *source, PGconn *target, const char *target_dsn,
 }
 
 /*
+ * reverse_skip_applied: before the cutover fences, advance the reverse slot
+ * to the WAL flushed here so far: all of it is the forward subscription's,
+ * and reverse_mark_start, inside the fenced window, then decodes only what
+ * came after.
+ */
+void
+reverse_skip_applied(PGconn *target, const char *name)
+{
+	const char *params[1] = {name};
+
+	(void) remote_query(target,
+						"SELECT pg_replication_slot_advance($1, pg_current_wal_flush_lsn())",
+						1, params, "advancing the reverse slot");
+}
+
+/*
  * reverse_mark_start: once this target has applied the source's last
  * change, mark where the reverse stream starts and advance the slot there
  * (see the file header).  The message is committed with synchronous_commit
@@ -171,8 +192,9 @@ reverse_mark_start(PGconn *target, const char *name)
 	RemoteResult *res;
 	const char *params[2] = {name, NULL};
 
+	remote_command(target, "SET synchronous_commit = on",
+				   "marking where the reverse replication starts");
 	res = remote_query(target,
-					   "SET synchronous_commit = on; "
 					   "SELECT pg_logical_emit_message(true, 'pg_zdm', 'fallback start')::text",
 					   0, NULL, "marking where the reverse replication starts");
 	params[1] = remote_value(res, 0, 0);

@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * sequences.c
- *		  Moving the target's sequences ahead of the source's at cutover.
+ *		  Moving the target's sequences ahead of the source's at cutover,
+ *		  and the source's ahead of the target's at a fallback.
  *
  * Logical replication does not carry sequences.  Once writes are fenced,
  * the source's sequences are read in batches of SEQUENCE_BATCH (their state
@@ -879,7 +880,7 @@ sequences_push(PGconn *source, int64 buffer, int64 *set, int *skipped)
 						"CROSS JOIN LATERAL (SELECT pg_catalog.pg_sequence_last_value(c.oid) AS last) v "
 						"WHERE c.relkind = 'S' AND c.relpersistence = 'p' "
 						"  AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema' "
-						"  AND v.last IS NOT NULL",
+						"  AND n.nspname <> 'zdm' AND v.last IS NOT NULL",
 						0, NULL, NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not read this target's sequences");
 	for (i = 0; i < 3; i++)

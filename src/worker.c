@@ -759,7 +759,8 @@ static void
 prepare_fallback(CutoverRun *run)
 {
 	run->fallback_name = fallback_name();
-	run->target = remote_connect(run->target_dsn, "to set up the fallback");
+	run->target = remote_connect_to(run->target_dsn, "target",
+									"to set up the fallback");
 	remote_keep_across_abort(run->target);
 	in_transaction(record_fallback, run);
 	run->reverse_prepared = true;
@@ -812,6 +813,8 @@ cutover_steps(CutoverRun *run)
 		prepare_fallback(run);
 
 	come_close(run);
+	if (run->fallback_name != NULL)
+		reverse_skip_applied(run->target, run->fallback_name);
 	prefetch_sequences(run);
 	run->fence_started = GetCurrentTimestamp();
 	fence_acquire(dsn, run->control, tables, &run->fence,
