@@ -88,6 +88,19 @@ sub on_target
 	return ($ret, $stderr);
 }
 
+# A new migration on the same clusters: the target made writable again by
+# hand (its fence), the extension created anew, the target tables emptied
+# for the initial copy; the source made writable too if it is not.
+sub new_migration
+{
+	$source->safe_psql('app', 'DROP SCHEMA IF EXISTS zdm_fence CASCADE');
+	$target->safe_psql('app', 'DROP SCHEMA IF EXISTS zdm_fence CASCADE');
+	$target->safe_psql('app',
+		'DROP EXTENSION pg_zdm; CREATE EXTENSION pg_zdm; TRUNCATE t, w, nk');
+	init_migration($source, $target);
+	return;
+}
+
 # --- A. before the cutover ---------------------------------------------------------
 
 {
@@ -119,6 +132,17 @@ sub refused_cleanly
 	my ($ret, $stderr) =
 	  on_target("CALL zdm.cutover(fallback => true, target_dsn => '$dsn')");
 	isnt($ret, 0, "$label: the cutover with fallback is refused");
+	if ($ret == 0)
+	{
+		# It cut over: what follows would test nothing.  Forget this
+		# migration and start a new one, so that the next cases run.
+		diag "$label: the cutover completed; finishing it and starting a new migration";
+		$fwd->stop_writers($load);
+		on_target('CALL zdm.finish()');
+		new_migration();
+		$fwd->end_fault($fault);
+		return;
+	}
 	is(sqlstate_of($stderr), '55000', "$label: with SQLSTATE 55000") or diag $stderr;
 	like($stderr, qr/DETAIL:[^\n]*\Q$check\E/, "$label: the detail names $check")
 	  or diag $stderr;
@@ -406,19 +430,6 @@ WHERE relation = 'w'::regclass AND mode = 'RowExclusiveLock' AND NOT granted}),
 	is($target->safe_psql('app', 'SELECT count(*) FROM zdm.migration'),
 		'0', "$label: zdm.migration is empty after zdm.finish()");
 	$rev->end_fault($fault);
-}
-
-# A new migration on the same clusters: the target made writable again by
-# hand (its fence), the extension created anew, the target tables emptied
-# for the initial copy; the source made writable too if it is not.
-sub new_migration
-{
-	$source->safe_psql('app', 'DROP SCHEMA IF EXISTS zdm_fence CASCADE');
-	$target->safe_psql('app', 'DROP SCHEMA IF EXISTS zdm_fence CASCADE');
-	$target->safe_psql('app',
-		'DROP EXTENSION pg_zdm; CREATE EXTENSION pg_zdm; TRUNCATE t, w, nk');
-	init_migration($source, $target);
-	return;
 }
 
 # --- D. finish after a cutover with fallback -----------------------------------------
