@@ -37,7 +37,7 @@ SHLIB_LINK_INTERNAL = $(libpq)
 
 # The regression suite starts its own throwaway server (wal_level = logical);
 # the source is a second database of that same cluster.
-REGRESS = setup check init_basic ignore_missing defer_copy quoted_names bad_input abort verify parallel_copy
+REGRESS = setup check init_basic ignore_missing defer_copy quoted_names bad_input abort verify parallel_copy fallback
 REGRESS_OPTS = --temp-instance=tmp_check_regress --temp-config=test/regress.conf
 
 # TAP tests run separate source and target clusters.

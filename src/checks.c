@@ -390,7 +390,7 @@ check_primary(CheckContext *ctx, CheckResult *result)
 	result->ok = !fact_true(ctx, FACT_IN_RECOVERY);
 	result->detail = result->ok ?
 		pstrdup("The source is a primary (not in recovery).") :
-		pstrdup("The source is a standby in recovery; PostgreSQL 15 cannot decode WAL on a standby.");
+		pstrdup("The source is a standby in recovery; pg_zdm needs the primary: the cutover must block writes and make the source read-only, which a standby cannot do (and before PostgreSQL 16 a standby cannot decode WAL at all).");
 	result->hint = pstrdup("Point the connection string at the primary server.");
 }
 

@@ -292,7 +292,7 @@ check_target_wal_senders(FallbackContext *ctx, CheckResult *result)
 /*
  * UPDATE and DELETE are published only for tables with a replica identity:
  * every table the forward subscription fills, and the partitions of those
- * partitioned here.
+ * partitioned here (pg_partition_tree gives no row for a plain table).
  */
 static void
 check_fallback_replica_identity(FallbackContext *ctx, CheckResult *result)
@@ -303,7 +303,8 @@ check_fallback_replica_identity(FallbackContext *ctx, CheckResult *result)
 	if (zdm_spi_execute("SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) "
 						"FROM pg_catalog.pg_subscription s "
 						"JOIN pg_catalog.pg_subscription_rel r ON r.srsubid = s.oid "
-						"CROSS JOIN LATERAL pg_catalog.pg_partition_tree(r.srrelid) t "
+						"CROSS JOIN LATERAL (SELECT r.srrelid AS relid UNION "
+						"  SELECT p.relid FROM pg_catalog.pg_partition_tree(r.srrelid) p) t "
 						"JOIN pg_catalog.pg_class c ON c.oid = t.relid "
 						"JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
 						"WHERE s.subname = '" ZDM_SUBSCRIPTION "' "

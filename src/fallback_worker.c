@@ -458,7 +458,7 @@ fallback_steps(FallbackRun *run)
 															run->deadline) + 1000,
 							INT_MAX),
 				  still_wanted_while_fencing, run);
-	fence_make_permanent(run->fence, false);
+	fence_make_permanent(run->fence, NULL);
 	fence_verify(run->target, run->fence, list_length(tables));
 	ereport(NOTICE,
 			(errmsg("writes blocked on this target: %d tables fenced in %.1f ms",

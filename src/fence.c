@@ -442,10 +442,11 @@ fence_verify(PGconn *control, PGconn *fence, int ntables)
  *   included, so it pins its search_path: a caller's hostile one must not
  *   resolve the names it uses.
  *
- * With let_replication_in (a cutover with fallback), the triggers let
- * sessions with session_replication_role = replica write: the reverse
- * replication's apply worker runs so (and fires statement triggers for
- * TRUNCATE only), as can only a superuser.
+ * With let_in (a cutover with fallback: the name of the reverse
+ * subscription), the triggers let that subscription's workers write: their
+ * pids are in pg_stat_subscription, which no other session can fake (a
+ * session_replication_role = replica test would let any superuser's
+ * session through).  Apply fires statement triggers for TRUNCATE only.
  *
  * One statement of constant size that loops over the catalogs on the source
  * (fence_verify proved that the publication is the fenced set): sending a
@@ -456,7 +457,7 @@ fence_verify(PGconn *control, PGconn *fence, int ntables)
  * (README, "What is not migrated").
  */
 void
-fence_make_permanent(PGconn *fence, bool let_replication_in)
+fence_make_permanent(PGconn *fence, const char *let_in)
 {
 	StringInfoData sql;
 	SourceFeatures features;
@@ -519,9 +520,11 @@ fence_make_permanent(PGconn *fence, bool let_replication_in)
 					 "EXECUTE 'ALTER EVENT TRIGGER zdm_reject_create ENABLE ALWAYS'; "
 					 "END IF; "
 					 "END $zdm$",
-					 let_replication_in ?
-					 "IF current_setting('session_replication_role') = 'replica' THEN "
-					 "RETURN NULL; END IF; " : "",
+					 let_in ?
+					 psprintf("IF EXISTS (SELECT 1 FROM pg_catalog.pg_stat_subscription st "
+							  "JOIN pg_catalog.pg_subscription s ON s.oid = st.subid "
+							  "WHERE st.pid = pg_catalog.pg_backend_pid() AND s.subname = %s) THEN "
+							  "RETURN NULL; END IF; ", quote_literal_cstr(let_in)) : "",
 					 execute, execute, execute);
 	remote_send(fence, sql.data, "making the source read-only");
 	permanent_pending = true;

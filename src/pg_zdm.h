@@ -211,6 +211,7 @@ extern char *subscription_table_mismatch(Oid subid, List *published,
 extern bool source_drop_slots(PGconn *conn, const char *slot_name, Oid subid,
 							  int timeout_ms);
 extern bool source_drop_publication(PGconn *conn, int timeout_ms);
+extern List *source_unpublished_tables(PGconn *conn);
 extern bool source_end_session(PGconn *conn, int pid, int wait_ms);
 
 /* fallback_checks.c: what a cutover with fallback needs */
@@ -243,7 +244,7 @@ extern void fence_acquire(const char *dsn, PGconn *control, List *tables,
 						  PGconn **fence_out, int lock_timeout_ms,
 						  void (*still_wanted) (void *arg), void *arg);
 extern void fence_verify(PGconn *control, PGconn *fence, int ntables);
-extern void fence_make_permanent(PGconn *fence, bool let_replication_in);
+extern void fence_make_permanent(PGconn *fence, const char *let_in);
 extern void fence_ping(PGconn *fence);
 extern void fence_finish_permanent(PGconn *fence);
 extern bool fence_commit(PGconn *fence, const char *before_commit);

@@ -840,7 +840,9 @@ sequences_sync(PGconn *source, int64 buffer, SequenceCache *cache,
  * (schema, name, last value), the source's sequence of that name, if the
  * source role may read and set it, is set to the value plus the buffer
  * (minus, descending), within its bounds and never lowered.  Returns how
- * many were set and how many were not.
+ * many were set and how many were not.  has_sequence_privilege raises
+ * an error for other relations, and the planner may call it before the
+ * join has kept only sequences: hence the CASE.
  */
 static const char *push_sequences_sql =
 "WITH v AS (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) AS v(nsp, rel, val)), "
@@ -849,7 +851,8 @@ static const char *push_sequences_sql =
 "      FROM v JOIN pg_namespace n ON n.nspname = v.nsp "
 "      JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = v.rel AND c.relkind = 'S' "
 "      JOIN pg_sequence s ON s.seqrelid = c.oid "
-"      WHERE has_sequence_privilege(c.oid, 'SELECT') AND has_sequence_privilege(c.oid, 'UPDATE')) "
+"      WHERE CASE WHEN c.relkind = 'S' THEN has_sequence_privilege(c.oid, 'SELECT') "
+"        AND has_sequence_privilege(c.oid, 'UPDATE') END) "
 "SELECT count(setval(m.oid, CASE WHEN m.seqincrement > 0 "
 "         THEN greatest(least(m.val::numeric + $4::bigint, m.seqmax), coalesce(m.last, m.seqmin)) "
 "         ELSE least(greatest(m.val::numeric - $4::bigint, m.seqmin), coalesce(m.last, m.seqmax)) END::bigint, true)), "

@@ -15,6 +15,7 @@
 
 #include "miscadmin.h"
 #include "storage/latch.h"
+#include "utils/builtins.h"
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
@@ -66,6 +67,44 @@ source_drop_slots(PGconn *conn, const char *slot_name, Oid subid,
 						 SLOT_RETRY_MS, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
+}
+
+/*
+ * Source tables that a publication listing its tables leaves out (created
+ * after init, when the source role could not publish FOR ALL TABLES).
+ * pg_publication_rel holds the listed tables, one indexed lookup each.
+ */
+static const char *unpublished_sql =
+"SELECT n.nspname, c.relname FROM pg_class c "
+"JOIN pg_namespace n ON n.oid = c.relnamespace "
+"WHERE c.relkind = 'r' AND c.relpersistence = 'p' "
+"  AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+"  AND n.nspname !~ '^pg_' "
+"  AND EXISTS (SELECT 1 FROM pg_publication p "
+"              WHERE p.pubname = '" ZDM_PUBLICATION "' AND NOT p.puballtables) "
+"  AND NOT EXISTS (SELECT 1 FROM pg_publication_rel r "
+"                  JOIN pg_publication p ON p.oid = r.prpubid "
+"                  WHERE p.pubname = '" ZDM_PUBLICATION "' AND r.prrelid = c.oid) "
+"ORDER BY 1, 2";
+
+/*
+ * source_unpublished_tables: the source's tables that a publication listing
+ * its tables leaves out, quoted and qualified, in name order (none for a
+ * FOR ALL TABLES publication).
+ */
+List *
+source_unpublished_tables(PGconn *conn)
+{
+	RemoteResult *res = remote_query(conn, unpublished_sql, 0, NULL,
+									 "listing the unpublished tables");
+	List	   *tables = NIL;
+	int			row;
+
+	for (row = 0; row < res->ntuples; row++)
+		tables = lappend(tables,
+						 (char *) quote_qualified_identifier(remote_value(res, row, 0),
+															 remote_value(res, row, 1)));
+	return tables;
 }
 
 /*

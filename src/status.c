@@ -62,24 +62,6 @@ pretty_bytes(int64 bytes)
 }
 
 /*
- * Source tables that a publication listing its tables leaves out (created
- * after init, when the source role could not publish FOR ALL TABLES).
- * pg_publication_rel holds the listed tables, one indexed lookup each.
- */
-static const char *unpublished_sql =
-"SELECT n.nspname, c.relname FROM pg_class c "
-"JOIN pg_namespace n ON n.oid = c.relnamespace "
-"WHERE c.relkind = 'r' AND c.relpersistence = 'p' "
-"  AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
-"  AND n.nspname !~ '^pg_' "
-"  AND EXISTS (SELECT 1 FROM pg_publication p "
-"              WHERE p.pubname = '" ZDM_PUBLICATION "' AND NOT p.puballtables) "
-"  AND NOT EXISTS (SELECT 1 FROM pg_publication_rel r "
-"                  JOIN pg_publication p ON p.oid = r.prpubid "
-"                  WHERE p.pubname = '" ZDM_PUBLICATION "' AND r.prrelid = c.oid) "
-"ORDER BY 1, 2";
-
-/*
  * The source's view: its current WAL position and what the slot holds, the
  * published tables into *published, and into *unpublished the source tables
  * the publication leaves out when it lists its tables (unless
@@ -110,14 +92,7 @@ source_rows(StatusRows *rows, const MigrationState *state, bool *slot_ok,
 	*unpublished = NIL;
 	if (!state->ignore_missing)
 	{
-		RemoteResult *left_out = remote_query(conn, unpublished_sql, 0, NULL,
-											  "listing the unpublished tables");
-		int			row;
-
-		for (row = 0; row < left_out->ntuples; row++)
-			*unpublished = lappend(*unpublished,
-								   (char *) quote_qualified_identifier(remote_value(left_out, row, 0),
-																	   remote_value(left_out, row, 1)));
+		*unpublished = source_unpublished_tables(conn);
 	}
 	source_features(conn, &features);
 	res = remote_query(conn,

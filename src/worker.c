@@ -716,6 +716,34 @@ check_same_tables(CutoverRun *run)
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(callercxt);
 
+	/* a table created on the source after init would be left behind */
+	if (!run->state.ignore_missing)
+	{
+		List	   *unpublished = source_unpublished_tables(run->control);
+		StringInfoData names;
+		ListCell   *lc;
+
+		initStringInfo(&names);
+		foreach(lc, unpublished)
+		{
+			if (foreach_current_index(lc) == 10)
+			{
+				appendStringInfo(&names, " and %d more", list_length(unpublished) - 10);
+				break;
+			}
+			appendStringInfo(&names, "%s%s", names.len > 0 ? ", " : "",
+							 (char *) lfirst(lc));
+		}
+		if (unpublished != NIL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("publication %s does not list %d tables of the source (the source was not locked)",
+							ZDM_PUBLICATION, list_length(unpublished)),
+					 errdetail("Tables created on the source after zdm.init are not replicated, and their rows would not reach this target: %s.",
+							   names.data),
+					 errhint("On the source run ALTER PUBLICATION %s ADD TABLE for each of them (zdm.status() lists the statement), then here ALTER SUBSCRIPTION %s REFRESH PUBLICATION, wait until zdm.status() is ready, and cut over again; or drop them on the source.",
+							 ZDM_PUBLICATION, ZDM_SUBSCRIPTION)));
+	}
 	if (mismatch != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -823,7 +851,7 @@ cutover_steps(CutoverRun *run)
 							INT_MAX),
 				  still_wanted_while_fencing, run);
 	/* the triggers are created while the rest goes on */
-	fence_make_permanent(run->fence, run->fallback_name != NULL);
+	fence_make_permanent(run->fence, run->fallback_name);
 	fence_verify(run->control, run->fence, list_length(tables));
 	ereport(NOTICE,
 			(errmsg("writes blocked on the source: %d tables fenced in %.1f ms",

@@ -190,6 +190,18 @@ like($tables_match, qr/\|false$/, 'tables_match is not ok then');
 is( $target->safe_psql('app',
 		"SELECT ok FROM zdm.status() WHERE component = 'overall'"),
 	'f', 'and the migration is not ready for cutover');
+# The cutover refuses too: the rows of late_table would be left behind.
+$source->safe_psql('app', 'INSERT INTO late_table VALUES (1)');
+my ($late_ret, $late_out, $late_err) = psql_verbose($target, 'app',
+	"CALL zdm.cutover(timeout => '30 s')");
+is(sqlstate_of($late_err), '55000', 'cutover refuses while a source table is not published');
+like($late_err, qr/publication zdm_pub does not list 1 tables of the source .*public\.late_table/s,
+	'and names it');
+is( $source->safe_psql('app', q{
+SELECT count(*) FROM pg_namespace WHERE nspname = 'zdm_fence'}),
+	'0', 'the source was not fenced');
+$source->safe_psql('app', 'INSERT INTO late_table VALUES (2)');
+pass('the source stays writable');
 $source->safe_psql('app', 'DROP TABLE late_table');
 like(status_of($target, 'copy', 'tables_match'), qr/\|true$/,
 	'once it is dropped, tables_match is ok again');
