@@ -124,6 +124,8 @@ CALL zdm.finish();
 \echo :LAST_ERROR_SQLSTATE
 SELECT name, ok, blocking FROM zdm.check_fallback();
 SELECT count(*) AS migrations FROM zdm.migration WHERE phase = 'streaming';
+-- (the copy done: an abort during it may report a table-sync slot it drops)
+SELECT wait_ready();
 CALL zdm.abort();
 SELECT source_objects();
 SELECT on_both('DROP TABLE bi_items');

@@ -92,9 +92,10 @@ local_value(const char *sql, int nargs, Oid *types, Datum *values)
 }
 
 /*
- * The DSN must reach this very database, as a role that may replicate: the
- * loopback session's own row of pg_stat_activity, read there, must be a
- * session of this server and database.
+ * The DSN must reach this very database, as a role that may replicate and
+ * fence writes here (the fallback takes its fence in a session of that
+ * role): the loopback session's own row of pg_stat_activity, read there,
+ * must be a session of this server and database.
  */
 static void
 check_target_connection(FallbackContext *ctx, CheckResult *result)
@@ -114,7 +115,15 @@ check_target_connection(FallbackContext *ctx, CheckResult *result)
 	res = remote_query(ctx->target,
 					   "SELECT extract(epoch FROM backend_start)::text, "
 					   "  (SELECT rolsuper OR rolreplication FROM pg_roles "
-					   "   WHERE rolname = current_user), quote_ident(current_user) "
+					   "   WHERE rolname = current_user), quote_ident(current_user), "
+					   "  (SELECT rolsuper OR (has_database_privilege(current_database(), 'CREATE') "
+					   "     AND NOT EXISTS (SELECT 1 FROM pg_subscription_rel r "
+					   "       JOIN pg_subscription s ON s.oid = r.srsubid "
+					   "       JOIN pg_class c ON c.oid = r.srrelid "
+					   "       WHERE s.subname = '" ZDM_SUBSCRIPTION "' "
+					   "         AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+					   "         AND NOT pg_has_role(c.relowner, 'USAGE'))) "
+					   "   FROM pg_roles WHERE rolname = current_user) "
 					   "FROM pg_stat_activity WHERE pid = pg_backend_pid()",
 					   0, NULL, "reading the target session");
 	values[0] = Int32GetDatum(PQbackendPID(ctx->target));
@@ -136,6 +145,13 @@ check_target_connection(FallbackContext *ctx, CheckResult *result)
 								  remote_value(res, 0, 2), dsn_mask(ctx->target_dsn));
 		result->hint = psprintf("ALTER ROLE %s REPLICATION; here, or use a role that has it.",
 								remote_value(res, 0, 2));
+		return;
+	}
+	if (strcmp(remote_value(res, 0, 3), "t") != 0)
+	{
+		result->detail = psprintf("Role %s of %s may not fence writes here: the fallback locks the migrated tables and creates triggers on them in a session of this role.",
+								  remote_value(res, 0, 2), dsn_mask(ctx->target_dsn));
+		result->hint = pstrdup("Use a superuser, or the owner of every migrated table with CREATE on this database, in target_dsn.");
 		return;
 	}
 	result->ok = true;
@@ -430,7 +446,8 @@ fallback_target_dsn(text *arg)
 
 /*
  * zdm.check_fallback(target_dsn): every fallback check as a row.  Needs a
- * migration (the source's connection string and the tables come from it).
+ * migration not yet cut over (the source's connection string and the
+ * tables come from it, and only its cutover can set up a fallback).
  */
 Datum
 zdm_check_fallback(PG_FUNCTION_ARGS)
@@ -443,6 +460,12 @@ zdm_check_fallback(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("there is no migration to check a fallback for"),
 				 errhint("Start one with CALL zdm.init(source_dsn).")));
+	if (strcmp(state.phase, "streaming") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the migration is past its cutover, which is where a fallback is set up"),
+				 errdetail("The migration is in phase %s.", state.phase),
+				 errhint("zdm.status() shows whether this cutover set one up.")));
 	InitMaterializedSRF(fcinfo, 0);
 	check_put_rows((ReturnSetInfo *) fcinfo->resultinfo,
 				   fallback_checks(state.source_conninfo, target_dsn));

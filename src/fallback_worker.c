@@ -10,17 +10,19 @@
  * connection to this target made with the DSN the source uses to reach it
  * (the fence must be a session of its own, whose end -- this worker's
  * death, a cancel -- unlocks); the reverse replication of reverse.c plays
- * the forward subscription's part, and its slot here proves the catch-up:
- * the source has applied and flushed everything up to this target's final
- * position once the slot's confirmed_flush_lsn reaches it (the reverse
- * subscription commits synchronously, so it reports flushes at once).
+ * the forward subscription's part, and the catch-up is proven as the
+ * cutover proves it: the source has applied and flushed everything up to
+ * this target's final position once the reverse slot's confirmed_flush_lsn
+ * reaches it, or, sooner, once its apply worker reports that position and a
+ * synchronous commit there has flushed its WAL (source_applied).
  *
  * Steps: come close without a lock, fence writes here, capture the final
  * position, move the source's sequences ahead of ours, wait for the source,
  * commit the fence (the point of no return: this target is read-only for
  * good), make the source writable (its read-only trigger function becomes a
  * no-op and its event trigger goes: one short transaction, no table lock),
- * release the caller, then remove the reverse replication.  Before the
+ * release the caller, then remove the reverse replication and drop the
+ * source's disabled triggers.  Before the
  * point of no return every failure releases the fence: this target is
  * writable again and the reverse replication goes on.  After it, the next
  * zdm.fallback() call finishes what is left.
@@ -52,6 +54,10 @@
 /* How long the cleanup after the point of no return may take. */
 #define CLEANUP_TIMEOUT_MS		30000
 
+/* How the source's disabled triggers are dropped once the caller is gone. */
+#define SOURCE_FENCE_LOCK_TIMEOUT	"200ms"
+#define SOURCE_FENCE_ATTEMPTS		5
+
 typedef struct FallbackRun
 {
 	CutoverShared *shared;
@@ -66,7 +72,7 @@ typedef struct FallbackRun
 	char	   *final_lsn;
 } FallbackRun;
 
-static char *failure_message = NULL;
+static const char *failure_message = NULL;
 
 /*
  * Run fn in a transaction of its own; what it allocates outside SPI lives
@@ -93,13 +99,8 @@ in_transaction(void (*fn) (FallbackRun *), FallbackRun *run)
 static void
 check_still_wanted(FallbackRun *run, const char *waiting_for)
 {
-	bool		requested;
-
 	CHECK_FOR_INTERRUPTS();
-	SpinLockAcquire(&run->shared->mutex);
-	requested = run->shared->abort_requested;
-	SpinLockRelease(&run->shared->mutex);
-	if (requested)
+	if (worker_abort_requested(run->shared))
 		ereport(ERROR,
 				(errcode(ERRCODE_QUERY_CANCELED),
 				 errmsg("fallback cancelled while %s", waiting_for),
@@ -116,14 +117,6 @@ static void
 still_wanted_while_fencing(void *arg)
 {
 	check_still_wanted((FallbackRun *) arg, "taking the fence");
-}
-
-static void
-nap(void)
-{
-	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-					 zdm_poll_interval_ms, PG_WAIT_EXTENSION);
-	ResetLatch(MyLatch);
 }
 
 /*
@@ -265,6 +258,35 @@ source_confirmed(FallbackRun *run, const char *lsn, int64 *behind)
 }
 
 /*
+ * The faster of the two proofs of the source's catch-up: its apply worker
+ * has reported a position at or past the final one (latest_end_lsn: every
+ * transaction before it applied, the subscription has no parallel apply),
+ * after which a transaction committed there with synchronous_commit on
+ * flushes the source's WAL up to its commit, the applied ones included.
+ * The reverse subscription commits asynchronously, and the slot here would
+ * only learn of the flush once the source's WAL writer and the next
+ * feedback message came round.
+ */
+static bool
+source_applied(FallbackRun *run)
+{
+	const char *params[2] = {run->state.fallback_name, run->final_lsn};
+	RemoteResult *res;
+
+	res = remote_query(run->source,
+					   "SELECT coalesce(bool_or(st.latest_end_lsn >= $2::pg_lsn), false) "
+					   "FROM pg_stat_subscription st JOIN pg_subscription s ON s.oid = st.subid "
+					   "WHERE s.subname = $1 AND st.relid IS NULL AND st.pid IS NOT NULL "
+					   "  AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+					   2, params, "watching the reverse subscription");
+	if (strcmp(remote_value(res, 0, 0), "t") != 0)
+		return false;
+	(void) remote_query(run->source, "SELECT txid_current()", 0, NULL,
+						"flushing the source's WAL");
+	return true;
+}
+
+/*
  * Before fencing: wait, unlocked, until the source is less than
  * FENCE_LAG_LIMIT_BYTES behind, so the fenced wait is short.
  */
@@ -279,7 +301,7 @@ come_close(FallbackRun *run)
 		(void) source_confirmed(run, NULL, &behind);
 		if (behind <= FENCE_LAG_LIMIT_BYTES)
 			return;
-		nap();
+		worker_nap();
 	}
 }
 
@@ -299,7 +321,8 @@ wait_for_source(FallbackRun *run)
 		TimestampTz now;
 
 		check_still_wanted(run, "waiting for the source to catch up");
-		if (source_confirmed(run, run->final_lsn, &behind))
+		if (source_confirmed(run, run->final_lsn, &behind) ||
+			source_applied(run))
 			return;
 		now = GetCurrentTimestamp();
 		if (TimestampDifferenceExceeds(last_ping, now, zdm_fence_idle_timeout_ms / 4))
@@ -314,7 +337,7 @@ wait_for_source(FallbackRun *run)
 							(long long) behind, run->final_lsn)));
 			last_notice = now;
 		}
-		nap();
+		worker_nap();
 	}
 }
 
@@ -418,7 +441,7 @@ complete(FallbackRun *run)
 					run->blocked_ms),
 			 errdetail("This target stays read-only (schema %s holds its write-rejecting triggers); the reverse replication is removed next, see zdm.event_log.",
 					   ZDM_FENCE_SCHEMA),
-			 errhint("CALL zdm.finish() ends the migration and drops the source's disabled triggers.")));
+			 errhint("CALL zdm.finish() ends the migration.")));
 }
 
 /*
@@ -431,6 +454,9 @@ fallback_steps(FallbackRun *run)
 
 	run->source = remote_connect(run->state.source_conninfo, "to fall back");
 	remote_keep_across_abort(run->source);
+	remote_command(run->source,
+				   "SET synchronous_commit = on; SET statement_timeout = 0",
+				   "setting up the control session");
 	run->target = remote_connect_to(run->state.fallback_conninfo, "target",
 									"to fall back");
 	remote_keep_across_abort(run->target);
@@ -513,6 +539,27 @@ fallback_steps_or_release(FallbackRun *run)
 	PG_END_ENSURE_ERROR_CLEANUP(release_fence_on_failure, PointerGetDatum(run));
 }
 
+/* worker_run's view of the fallback */
+static void
+run_fallback_steps(void *arg)
+{
+	fallback_steps_or_release((FallbackRun *) arg);
+}
+
+static void
+record_fallback_failure(void *arg, const char *message)
+{
+	failure_message = message;
+	in_transaction(record_failure, (FallbackRun *) arg);
+}
+
+static void
+log_source_fence_dropped(FallbackRun *run)
+{
+	event_log("source_fence_dropped", "schema %s and its disabled triggers dropped on the source",
+			  ZDM_FENCE_SCHEMA);
+}
+
 static void
 log_reverse_removed(FallbackRun *run)
 {
@@ -529,13 +576,40 @@ remove_reverse(FallbackRun *run)
 {
 	if (reverse_remove(run->source, run->target, run->state.fallback_name,
 					   CLEANUP_TIMEOUT_MS))
-	{
 		in_transaction(log_reverse_removed, run);
-		return;
+	else
+		ereport(WARNING,
+				(errmsg("the fallback is complete, but its reverse replication is still partly in place"),
+				 errhint("CALL zdm.finish() removes it.")));
+}
+
+/*
+ * Once the caller is gone: drop the source's disabled triggers.  Dropping a
+ * trigger locks its table, so each attempt waits at most
+ * SOURCE_FENCE_LOCK_TIMEOUT for the locks (the application is held up for
+ * no longer); what is left after a few attempts is zdm.finish()'s.
+ */
+static void
+drop_source_fence(FallbackRun *run)
+{
+	int			attempt;
+
+	for (attempt = 0; attempt < SOURCE_FENCE_ATTEMPTS; attempt++)
+	{
+		if (remote_command_quietly(run->source,
+								   "SET lock_timeout = '" SOURCE_FENCE_LOCK_TIMEOUT "'; "
+								   "DROP SCHEMA IF EXISTS " ZDM_FENCE_SCHEMA " CASCADE",
+								   0, NULL, CLEANUP_TIMEOUT_MS))
+		{
+			in_transaction(log_source_fence_dropped, run);
+			return;
+		}
+		worker_sleep_ms(1000);
 	}
 	ereport(WARNING,
-			(errmsg("the fallback is complete, but its reverse replication is still partly in place"),
-			 errhint("CALL zdm.finish() removes it.")));
+			(errmsg("schema %s is still on the source", ZDM_FENCE_SCHEMA),
+			 errdetail("Its triggers do nothing since the fallback; dropping them needs a moment without other sessions on each table."),
+			 errhint("CALL zdm.finish() drops it.")));
 }
 
 /*
@@ -558,30 +632,14 @@ zdm_fallback_worker_main(Datum main_arg)
 											   run.shared->timeout_ms);
 	remote_set_deadline(TimestampTzPlusMilliseconds(run.deadline, 1000));
 
-	PG_TRY();
-	{
-		fallback_steps_or_release(&run);
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(run.cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortOutOfAnyTransaction();
-		failure_message = edata->message;
-		remote_set_deadline(0);
-		in_transaction(record_failure, &run);
-		ReThrowError(edata);
-	}
-	PG_END_TRY();
+	worker_run(run_fallback_steps, record_fallback_failure, &run, run.cxt);
 
 	dsm_detach(seg);
 	run.shared = NULL;
 	remote_set_deadline(0);
 	remote_disconnect(run.fence);
 	remove_reverse(&run);
+	drop_source_fence(&run);
 	remote_disconnect(run.target);
 	remote_disconnect(run.source);
 	migration_lock_release();

@@ -310,9 +310,15 @@ extern void run_worker(const char *function_name, int64 timeout_ms,
 					   const char *target_dsn);
 pg_noreturn extern void refuse_unfinished_copy(void);
 
-/* worker.c */
+/* worker.c: the cutover worker, and what the fallback worker shares */
 extern CutoverShared *worker_attach(Datum main_arg, const char *type,
 									struct dsm_segment **segp);
+extern void worker_run(void (*steps) (void *),
+					   void (*record_failure) (void *, const char *),
+					   void *arg, MemoryContext cxt);
+extern bool worker_abort_requested(CutoverShared *shared);
+extern void worker_nap(void);
+extern void worker_sleep_ms(int ms);
 extern PGDLLEXPORT void zdm_cutover_worker_main(Datum main_arg);
 
 /* fallback_worker.c */

@@ -156,7 +156,7 @@ reverse_prepare(PGconn *source, PGconn *target, const char *target_dsn,
 	remote_command(source,
 				   psprintf("CREATE SUBSCRIPTION %s CONNECTION %s PUBLICATION " ZDM_PUBLICATION
 							" WITH (enabled = false, create_slot = false, slot_name = %s, "
-							"copy_data = false, synchronous_commit = 'on')",
+							"copy_data = false)",
 							quoted, quote_literal_cstr(target_dsn),
 							quote_literal_cstr(name)),
 				   "creating the reverse subscription on the source");

@@ -134,8 +134,11 @@ in_transaction(void (*fn) (CutoverRun *), CutoverRun *run)
 	MemoryContextSwitchTo(oldcxt);
 }
 
-static bool
-abort_requested(CutoverShared *shared)
+/*
+ * worker_abort_requested: has the caller of a cutover or fallback given up?
+ */
+bool
+worker_abort_requested(CutoverShared *shared)
 {
 	bool		requested;
 
@@ -152,7 +155,7 @@ static void
 check_still_wanted(CutoverRun *run, const char *waiting_for)
 {
 	CHECK_FOR_INTERRUPTS();
-	if (abort_requested(run->shared))
+	if (worker_abort_requested(run->shared))
 		ereport(ERROR,
 				(errcode(ERRCODE_QUERY_CANCELED),
 				 errmsg("cutover cancelled while %s", waiting_for),
@@ -277,12 +280,24 @@ poll_progress(CutoverRun *run, const char *lsn)
 	return p;
 }
 
-static void
-nap(void)
+/*
+ * worker_sleep_ms: wait ms, or less if the latch is set.
+ */
+void
+worker_sleep_ms(int ms)
 {
 	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-					 zdm_poll_interval_ms, PG_WAIT_EXTENSION);
+					 ms, PG_WAIT_EXTENSION);
 	ResetLatch(MyLatch);
+}
+
+/*
+ * worker_nap: wait zdm.poll_interval, or less if the latch is set.
+ */
+void
+worker_nap(void)
+{
+	worker_sleep_ms(zdm_poll_interval_ms);
 }
 
 /*
@@ -425,7 +440,7 @@ come_close(CutoverRun *run)
 			start_lsn = NULL;	/* not failing: stop watching */
 		if (close && start_lsn == NULL)
 			break;
-		nap();
+		worker_nap();
 	}
 	MemoryContextSwitchTo(oldcxt);
 	MemoryContextDelete(loopcxt);
@@ -498,7 +513,7 @@ wait_for_catchup(CutoverRun *run)
 			last_notice = now;
 			last_behind = p.behind;
 		}
-		nap();
+		worker_nap();
 	}
 	MemoryContextSwitchTo(oldcxt);
 	MemoryContextDelete(loopcxt);
@@ -925,7 +940,7 @@ cutover_steps_or_release(CutoverRun *run)
 	PG_END_ENSURE_ERROR_CLEANUP(release_fence_on_failure, PointerGetDatum(run));
 }
 
-static char *failure_message = NULL;
+static const char *failure_message = NULL;
 
 static void
 record_failure(CutoverRun *run)
@@ -937,6 +952,49 @@ record_failure(CutoverRun *run)
 			state_set_fallback(NULL, NULL);
 	}
 	event_log("cutover_failed", "%s", failure_message);
+}
+
+/*
+ * worker_run: run steps(arg) and, when it throws, leave every transaction,
+ * let record_failure(arg, message) note the failure, and rethrow: the
+ * caller gets the error through the message queue.  Shared by the cutover
+ * and fallback workers; steps has its own cleanup for the fence.
+ */
+void
+worker_run(void (*steps) (void *), void (*record_failure) (void *, const char *),
+		   void *arg, MemoryContext cxt)
+{
+	PG_TRY();
+	{
+		steps(arg);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		remote_set_deadline(0);
+		record_failure(arg, edata->message);
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
+}
+
+/* worker_run's view of the cutover */
+static void
+run_cutover_steps(void *arg)
+{
+	cutover_steps_or_release((CutoverRun *) arg);
+}
+
+static void
+record_cutover_failure(void *arg, const char *message)
+{
+	failure_message = message;
+	in_transaction(record_failure, (CutoverRun *) arg);
 }
 
 /*
@@ -1022,24 +1080,7 @@ zdm_cutover_worker_main(Datum main_arg)
 	 */
 	remote_set_deadline(TimestampTzPlusMilliseconds(run.deadline, 1000));
 
-	PG_TRY();
-	{
-		cutover_steps_or_release(&run);
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(run.cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortOutOfAnyTransaction();
-		failure_message = edata->message;
-		remote_set_deadline(0);
-		in_transaction(record_failure, &run);
-		ReThrowError(edata);
-	}
-	PG_END_TRY();
+	worker_run(run_cutover_steps, record_cutover_failure, &run, run.cxt);
 
 	/*
 	 * Release the caller: the target is independent.  Detaching the segment
