@@ -10,8 +10,9 @@
  *
  * zdm.finish() removes what is left of the migration: the reverse
  * replication after a cutover with fallback (subscription on the source,
- * slot and publication here), after a fallback the source's disabled
- * write-rejecting triggers, and the migration row.  It refuses while
+ * slot and publication here; also after a fallback that could not remove
+ * it, or one interrupted before its point of no return), after a fallback
+ * the source's disabled write-rejecting triggers, and the migration row.  It refuses while
  * anything it would remove cannot be reached, so that nothing is left
  * behind unknown.
  *
@@ -127,6 +128,24 @@ finish_source_triggers(const MigrationState *state)
 }
 
 /*
+ * A fallback whose worker died (terminated, or this server restarted)
+ * before its point of no return leaves phase 'fallback' behind, although
+ * its fence went with its session: this target is writable, as after the
+ * cutover, when it has no fence schema.  The caller holds the migration
+ * lock, so no fallback is running.
+ */
+static bool
+fallback_interrupted_before_no_return(const MigrationState *state)
+{
+	if (strcmp(state->phase, "fallback") != 0)
+		return false;
+	if (zdm_spi_execute("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = '"
+						ZDM_FENCE_SCHEMA "'", 0, NULL, NULL, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for schema %s", ZDM_FENCE_SCHEMA);
+	return SPI_processed == 0;
+}
+
+/*
  * CALL zdm.finish()
  */
 Datum
@@ -147,7 +166,8 @@ zdm_finish(PG_FUNCTION_ARGS)
 		if (!state_load(&state))
 			ereport(NOTICE, (errmsg("there is no migration to finish")));
 		else if (strcmp(state.phase, "completed") != 0 &&
-				 strcmp(state.phase, "fallen_back") != 0)
+				 strcmp(state.phase, "fallen_back") != 0 &&
+				 !fallback_interrupted_before_no_return(&state))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("the migration cannot be finished in phase %s", state.phase),
@@ -158,10 +178,10 @@ zdm_finish(PG_FUNCTION_ARGS)
 					 errhint("CALL zdm.cutover() again completes the interrupted cutover.")));
 		else
 		{
+			if (state.fallback_name != NULL)
+				finish_reverse(&state);
 			if (strcmp(state.phase, "fallen_back") == 0)
 				finish_source_triggers(&state);
-			else if (state.fallback_name != NULL)
-				finish_reverse(&state);
 			event_log("finished", "migration from %s ended after %s",
 					  state.source_display,
 					  strcmp(state.phase, "fallen_back") == 0 ? "a fallback" :

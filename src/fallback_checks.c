@@ -45,6 +45,7 @@ typedef struct FallbackContext
 
 typedef void (*FallbackCheck) (FallbackContext *ctx, CheckResult *result);
 
+static void check_source_version(FallbackContext *ctx, CheckResult *result);
 static void check_target_connection(FallbackContext *ctx, CheckResult *result);
 static void check_subscription_privilege(FallbackContext *ctx, CheckResult *result);
 static void check_source_workers(FallbackContext *ctx, CheckResult *result);
@@ -60,6 +61,7 @@ static const struct
 	int			sqlstate;
 }			fallback_check_list[] =
 {
+	{"fallback_source_version", check_source_version, ERRCODE_FEATURE_NOT_SUPPORTED},
 	{"fallback_target_connection", check_target_connection, ERRCODE_CONNECTION_FAILURE},
 	{"fallback_subscription_privilege", check_subscription_privilege, ERRCODE_INSUFFICIENT_PRIVILEGE},
 	{"fallback_source_workers", check_source_workers, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED},
@@ -89,6 +91,28 @@ local_value(const char *sql, int nargs, Oid *types, Datum *values)
 	}
 	SPI_finish();
 	return value;
+}
+
+/*
+ * A PostgreSQL 10 subscriber does not know the TRUNCATE message: a TRUNCATE
+ * made here would never reach it, an acknowledged write lost at the
+ * fallback.
+ */
+static void
+check_source_version(FallbackContext *ctx, CheckResult *result)
+{
+	if (ctx->source == NULL)
+	{
+		result->detail = psprintf("The source could not be reached: %s", ctx->source_reason);
+		return;
+	}
+	result->ok = PQserverVersion(ctx->source) >= 110000;
+	result->detail = result->ok ?
+		psprintf("The source runs PostgreSQL %s.", PQparameterStatus(ctx->source, "server_version")) :
+		psprintf("The source runs PostgreSQL %s; a subscriber before 11 cannot apply TRUNCATE, so a TRUNCATE made on this target after the cutover would be lost at a fallback.",
+				 PQparameterStatus(ctx->source, "server_version"));
+	if (!result->ok)
+		result->hint = pstrdup("Cut over without fallback, or upgrade the source to 11 or later first.");
 }
 
 /*

@@ -21,8 +21,8 @@
  * commit the fence (the point of no return: this target is read-only for
  * good), make the source writable (its read-only trigger function becomes a
  * no-op and its event trigger goes: one short transaction, no table lock),
- * release the caller, then remove the reverse replication and drop the
- * source's disabled triggers.  Before the
+ * then remove the reverse replication and drop the source's disabled
+ * triggers, and release the caller.  Before the
  * point of no return every failure releases the fence: this target is
  * writable again and the reverse replication goes on.  After it, the next
  * zdm.fallback() call finishes what is left.
@@ -259,8 +259,9 @@ source_confirmed(FallbackRun *run, const char *lsn, int64 *behind)
 
 /*
  * The faster of the two proofs of the source's catch-up: its apply worker
- * has reported a position at or past the final one (latest_end_lsn: every
- * transaction before it applied, the subscription has no parallel apply),
+ * has reported a position at or past the final one (latest_end_lsn, set
+ * when it handles a keepalive: every transaction before it applied; from
+ * 16 the leader waits for its parallel apply workers' commits first),
  * after which a transaction committed there with synchronous_commit on
  * flushes the source's WAL up to its commit, the applied ones included.
  * The reverse subscription commits asynchronously, and the slot here would
@@ -399,19 +400,47 @@ commit_fence(FallbackRun *run)
 /*
  * After the point of no return: make the source writable.  Its trigger
  * function becomes a no-op and its event trigger goes, in one transaction
- * that takes no table lock; the triggers themselves are dropped later
- * (zdm.finish()), since dropping them locks every table.
+ * that takes no table lock (the triggers themselves are dropped once the
+ * caller is released, drop_source_fence).  Idempotent: retried, with a new
+ * connection if need be, for CLEANUP_TIMEOUT_MS while the source does not
+ * answer; then the next zdm.fallback() finishes it.
  */
+static const char *make_source_writable_sql =
+"CREATE OR REPLACE FUNCTION " ZDM_FENCE_SCHEMA ".reject_write() "
+"RETURNS trigger LANGUAGE plpgsql AS $zdm$ BEGIN RETURN NULL; END $zdm$; "
+"DROP EVENT TRIGGER IF EXISTS zdm_reject_create";
+
 static void
 make_source_writable(FallbackRun *run)
 {
-	remote_command(run->source,
-				   "BEGIN; "
-				   "CREATE OR REPLACE FUNCTION " ZDM_FENCE_SCHEMA ".reject_write() "
-				   "RETURNS trigger LANGUAGE plpgsql AS $zdm$ BEGIN RETURN NULL; END $zdm$; "
-				   "DROP EVENT TRIGGER IF EXISTS zdm_reject_create; "
-				   "COMMIT",
-				   "making the source writable");
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   CLEANUP_TIMEOUT_MS);
+	char	   *reason = NULL;
+
+	for (;;)
+	{
+		if (run->source != NULL &&
+			remote_command_quietly(run->source, make_source_writable_sql, 0, NULL,
+								   CLEANUP_TIMEOUT_MS))
+			return;
+		if (GetCurrentTimestamp() >= deadline)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("could not make the source writable"),
+					 errdetail("This target is read-only for good: the fallback passed its point of no return. The source still rejects writes.%s%s",
+							   reason ? " " : "", reason ? reason : ""),
+					 errhint("CALL zdm.fallback() again once the source answers: it finishes the fallback.")));
+		worker_sleep_ms(1000);
+		CHECK_FOR_INTERRUPTS();
+		if (run->source == NULL || PQstatus(run->source) != CONNECTION_OK)
+		{
+			remote_disconnect(run->source);
+			run->source = remote_connect_quietly(run->state.source_conninfo,
+												 5000, &reason);
+			if (run->source != NULL)
+				remote_keep_across_abort(run->source);
+		}
+	}
 }
 
 static bool
@@ -469,6 +498,9 @@ fallback_steps(FallbackRun *run)
 		ereport(NOTICE,
 				(errmsg("finishing an interrupted fallback"),
 				 errdetail("This target was made read-only for good before the interruption.")));
+		SpinLockAcquire(&run->shared->mutex);
+		run->shared->past_no_return = true;
+		SpinLockRelease(&run->shared->mutex);
 		complete(run);
 		return;
 	}
@@ -568,8 +600,9 @@ log_reverse_removed(FallbackRun *run)
 }
 
 /*
- * Once the caller is gone: remove the reverse replication.  A failure is
- * logged, not raised: zdm.finish() removes what is left.
+ * After success: remove the reverse replication.  A failure is a WARNING,
+ * not an error: the fallback is complete, zdm.finish() removes what is
+ * left.
  */
 static void
 remove_reverse(FallbackRun *run)
@@ -584,7 +617,7 @@ remove_reverse(FallbackRun *run)
 }
 
 /*
- * Once the caller is gone: drop the source's disabled triggers.  Dropping a
+ * After success: drop the source's disabled triggers.  Dropping a
  * trigger locks its table, so each attempt waits at most
  * SOURCE_FENCE_LOCK_TIMEOUT for the locks (the application is held up for
  * no longer); what is left after a few attempts is zdm.finish()'s.
@@ -634,8 +667,12 @@ zdm_fallback_worker_main(Datum main_arg)
 
 	worker_run(run_fallback_steps, record_fallback_failure, &run, run.cxt);
 
-	dsm_detach(seg);
-	run.shared = NULL;
+	/*
+	 * The source is writable (the caller was told so); clean up before
+	 * releasing the caller, so that its CALL returns with nothing of the
+	 * migration left but the migration row, and the lock free for
+	 * zdm.finish().  Detaching the segment releases the caller.
+	 */
 	remote_set_deadline(0);
 	remote_disconnect(run.fence);
 	remove_reverse(&run);
@@ -643,4 +680,5 @@ zdm_fallback_worker_main(Datum main_arg)
 	remote_disconnect(run.target);
 	remote_disconnect(run.source);
 	migration_lock_release();
+	dsm_detach(seg);
 }

@@ -113,6 +113,27 @@ fence_published_tables(PGconn *control)
 	"WHERE c.relkind = 'p'"
 
 /*
+ * The partitions below the published partitioned tables, as (nspname,
+ * relname).  A publication with publish_via_partition_root lists the
+ * partitioned table (the reverse publication of a fallback does, for a table
+ * partitioned on the target only): LOCK TABLE on it reaches its partitions,
+ * but its statement triggers do not fire for a write made to a partition
+ * directly.  Run inside fence_make_permanent's DO block.
+ */
+#define PARTITIONS_BELOW_SQL \
+	"WITH RECURSIVE down(relid) AS (" \
+	"  SELECT i.inhrelid FROM pg_publication_tables p " \
+	"  JOIN pg_namespace n ON n.nspname = p.schemaname " \
+	"  JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename " \
+	"  JOIN pg_inherits i ON i.inhparent = c.oid " \
+	"  WHERE p.pubname = '" ZDM_PUBLICATION "' AND c.relkind = 'p' " \
+	"  UNION " \
+	"  SELECT i.inhrelid FROM pg_inherits i JOIN down ON i.inhparent = down.relid) " \
+	"SELECT n.nspname, c.relname FROM down " \
+	"JOIN pg_class c ON c.oid = down.relid " \
+	"JOIN pg_namespace n ON n.oid = c.relnamespace"
+
+/*
  * fence_partitioned_parents: the partitioned tables above the published
  * tables (a publication lists leaf partitions), quoted and qualified, in
  * name order.  A write through a partitioned table locks it before its
@@ -427,9 +448,10 @@ fence_verify(PGconn *control, PGconn *fence, int ntables)
  * fence_make_permanent: in the fence transaction, create what keeps the
  * source read-only once the fence commits:
  *
- * - a trigger rejecting writes on every published table, and on the
+ * - a trigger rejecting writes on every published table, on the
  *   partitioned tables above them (a write through one fires its statement
- *   triggers, not its partitions');
+ *   triggers, not its partitions'), and on the partitions below a published
+ *   partitioned table (a write to one directly fires only its own);
  * - the same on every unlogged table (not replicated, so not fenced, but an
  *   application still pointed at the source must not write there either);
  *   each is given at most a second for its lock, and one that is busy or
@@ -470,7 +492,8 @@ fence_make_permanent(PGconn *fence, const char *let_in)
 	appendStringInfo(&sql,
 					 "CREATE SCHEMA " ZDM_FENCE_SCHEMA "; "
 					 "CREATE FUNCTION " ZDM_FENCE_SCHEMA ".reject_write() "
-					 "RETURNS trigger LANGUAGE plpgsql AS $zdm$ BEGIN "
+					 "RETURNS trigger LANGUAGE plpgsql "
+					 "SET search_path = pg_catalog, pg_temp AS $zdm$ BEGIN "
 					 "%s"
 					 "RAISE EXCEPTION USING ERRCODE = 'read_only_sql_transaction', "
 					 "MESSAGE = 'this database was migrated by pg_zdm and is read-only', "
@@ -481,7 +504,9 @@ fence_make_permanent(PGconn *fence, const char *let_in)
 					 "FOR t IN SELECT format('%%I.%%I', schemaname, tablename) "
 					 "  FROM pg_publication_tables WHERE pubname = '" ZDM_PUBLICATION "' "
 					 "  UNION ALL SELECT format('%%I.%%I', nspname, relname) "
-					 "  FROM (" PARTITIONED_PARENTS_SQL ") parents LOOP "
+					 "  FROM (" PARTITIONED_PARENTS_SQL ") parents "
+					 "  UNION ALL SELECT format('%%I.%%I', nspname, relname) "
+					 "  FROM (" PARTITIONS_BELOW_SQL ") below LOOP "
 					 "EXECUTE 'CREATE TRIGGER zdm_reject_write BEFORE INSERT OR UPDATE "
 					 "OR DELETE OR TRUNCATE ON ' || t || ' FOR EACH STATEMENT "
 					 "EXECUTE %s " ZDM_FENCE_SCHEMA ".reject_write()'; "

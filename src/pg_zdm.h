@@ -224,7 +224,7 @@ extern void reverse_prepare(PGconn *source, PGconn *target,
 							const char *target_dsn, const char *name);
 extern void reverse_skip_applied(PGconn *target, const char *name);
 extern char *reverse_mark_start(PGconn *target, const char *name);
-extern char *reverse_enable_sql(const char *name);
+extern char *reverse_start_sql(const char *name, const char *start);
 extern bool reverse_drop_subscription(PGconn *source, const char *name,
 									  int timeout_ms);
 extern bool reverse_drop_target(PGconn *target, const char *name,

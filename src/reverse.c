@@ -38,13 +38,11 @@
  * lists: these exist on both sides under the same names.  One statement of
  * constant size, whatever the table count.  publish_via_partition_root:
  * a table partitioned here only is published as itself, the plain table
- * the source has.  A PostgreSQL 10 subscriber does not know TRUNCATE
- * messages: for such a source they are not published (the %s, a format
- * for psprintf).
+ * the source has.
  */
 static const char *create_publication_sql =
 "DO $zdm$ BEGIN EXECUTE 'CREATE PUBLICATION " ZDM_PUBLICATION " FOR TABLE ' || "
-"(SELECT string_agg(format('%%I.%%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname) "
+"(SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY n.nspname, c.relname) "
 " FROM pg_catalog.pg_subscription s "
 " JOIN pg_catalog.pg_subscription_rel r ON r.srsubid = s.oid "
 " JOIN pg_catalog.pg_class c ON c.oid = r.srrelid "
@@ -52,7 +50,7 @@ static const char *create_publication_sql =
 " WHERE s.subname = '" ZDM_SUBSCRIPTION "' "
 "   AND s.subdbid = (SELECT oid FROM pg_catalog.pg_database "
 "                    WHERE datname = pg_catalog.current_database())) || "
-"' WITH (publish_via_partition_root = true%s)'; END $zdm$";
+"' WITH (publish_via_partition_root = true)'; END $zdm$";
 
 /*
  * reverse_drop_subscription: remove the reverse subscription from the
@@ -139,29 +137,23 @@ reverse_prepare(PGconn *source, PGconn *target, const char *target_dsn,
 						   name, name, ZDM_PUBLICATION),
 				 errhint("Drop them by hand and cut over again.")));
 
-	remote_command(target,
-				   psprintf(create_publication_sql,
-							PQserverVersion(source) < 110000 ?
-							", publish = ''insert, update, delete''" : ""),
+	remote_command(target, create_publication_sql,
 				   "creating the reverse publication on this target");
 	(void) remote_query(target,
 						"SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
 						1, params, "creating the reverse slot on this target");
 
+	/* one implicit transaction: the settings end with it, RESET needs none */
 	remote_command(source,
-				   "SELECT set_config('log_statement', 'none', false), "
-				   "       set_config('log_min_error_statement', 'panic', false) "
-				   "FROM pg_roles WHERE rolname = current_user AND rolsuper",
-				   "keeping the target's password out of the source's log");
-	remote_command(source,
-				   psprintf("CREATE SUBSCRIPTION %s CONNECTION %s PUBLICATION " ZDM_PUBLICATION
+				   psprintf("SELECT set_config('log_statement', 'none', true), "
+							"       set_config('log_min_error_statement', 'panic', true) "
+							"FROM pg_roles WHERE rolname = current_user AND rolsuper; "
+							"CREATE SUBSCRIPTION %s CONNECTION %s PUBLICATION " ZDM_PUBLICATION
 							" WITH (enabled = false, create_slot = false, slot_name = %s, "
 							"copy_data = false)",
 							quoted, quote_literal_cstr(target_dsn),
 							quote_literal_cstr(name)),
 				   "creating the reverse subscription on the source");
-	remote_command(source, "RESET log_statement; RESET log_min_error_statement",
-				   "keeping the target's password out of the source's log");
 }
 
 /*
@@ -198,18 +190,38 @@ reverse_mark_start(PGconn *target, const char *name)
 					   "SELECT pg_logical_emit_message(true, 'pg_zdm', 'fallback start')::text",
 					   0, NULL, "marking where the reverse replication starts");
 	params[1] = remote_value(res, 0, 0);
-	(void) remote_query(target,
-						"SELECT pg_replication_slot_advance($1, $2::pg_lsn)",
-						2, params, "advancing the reverse slot");
+	res = remote_query(target,
+					   "SELECT end_lsn = $2::pg_lsn, end_lsn::text "
+					   "FROM pg_replication_slot_advance($1, $2::pg_lsn)",
+					   2, params, "advancing the reverse slot");
+	if (strcmp(remote_value(res, 0, 0), "t") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("the reverse slot advanced to %s, not to %s",
+						remote_value(res, 0, 1), params[1]),
+				 errdetail("The source was not made read-only; replication goes on.")));
 	return pstrdup(params[1]);
 }
 
 /*
- * reverse_enable_sql: the statement that starts the reverse replication,
- * run on the source in the transaction that commits its fence.
+ * reverse_start_sql: the statements that start the reverse replication at
+ * start, run on the source in the transaction that commits its fence.  The
+ * slot's advance is only made durable here by a checkpoint, and a target
+ * that crashed before one would send the forward subscription's changes
+ * again from where the slot was created: so the subscription's replication
+ * origin is advanced to start as well, in the same transaction, from which
+ * the source asks for the stream (pg_replication_origin_advance needs a
+ * superuser; for any other role the cutover makes a checkpoint here).
  */
 char *
-reverse_enable_sql(const char *name)
+reverse_start_sql(const char *name, const char *start)
 {
-	return psprintf("ALTER SUBSCRIPTION %s ENABLE", quote_identifier(name));
+	return psprintf("SELECT pg_replication_origin_advance('pg_' || s.oid, %s) "
+					"FROM pg_subscription s, pg_roles r "
+					"WHERE s.subname = %s AND s.subdbid = (SELECT oid FROM pg_database "
+					"  WHERE datname = current_database()) "
+					"  AND r.rolname = current_user AND r.rolsuper; "
+					"ALTER SUBSCRIPTION %s ENABLE",
+					quote_literal_cstr(start), quote_literal_cstr(name),
+					quote_identifier(name));
 }

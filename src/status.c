@@ -253,8 +253,9 @@ cutover_running(void)
 
 /*
  * After a cutover with fallback: the reverse replication's rows.  Its state
- * from the source (the subscription and its worker, and from 15 its error
- * count), its lag from the slot here.
+ * from the source (the subscription and its leader apply worker -- from 16
+ * parallel apply workers have rows too --, and from 15 its error count),
+ * its lag from the slot here.
  */
 static void
 fallback_rows(StatusRows *rows, const MigrationState *state)
@@ -270,7 +271,16 @@ fallback_rows(StatusRows *rows, const MigrationState *state)
 				psprintf("unknown: the source cannot be reached: %s", reason), -1, false);
 	else
 	{
-		RemoteResult *res = remote_query(conn, PQserverVersion(conn) >= 150000 ?
+		RemoteResult *res = remote_query(conn, PQserverVersion(conn) >= 160000 ?
+										 "SELECT s.subenabled, st.pid IS NOT NULL, "
+										 "  coalesce(ss.apply_error_count, 0) "
+										 "FROM pg_subscription s "
+										 "LEFT JOIN pg_stat_subscription st ON st.subid = s.oid "
+										 "  AND st.relid IS NULL AND st.leader_pid IS NULL "
+										 "LEFT JOIN pg_stat_subscription_stats ss ON ss.subid = s.oid "
+										 "WHERE s.subname = $1 AND s.subdbid = "
+										 "  (SELECT oid FROM pg_database WHERE datname = current_database())" :
+										 PQserverVersion(conn) >= 150000 ?
 										 "SELECT s.subenabled, st.pid IS NOT NULL, "
 										 "  coalesce(ss.apply_error_count, 0) "
 										 "FROM pg_subscription s "
@@ -387,7 +397,7 @@ zdm_status(PG_FUNCTION_ARGS)
 				running ? psprintf("%s in progress", state.phase) :
 				strcmp(state.phase, "fallback_detaching") == 0 ?
 				"fallback interrupted after this target was fenced for good: run CALL zdm.fallback() to finish it" :
-				"fallback interrupted; this target unlocked itself: run CALL zdm.fallback() again",
+				"fallback interrupted; this target unlocked itself: run CALL zdm.fallback() again, or CALL zdm.finish() to stay here",
 				-1, running);
 		fallback_rows(&rows, &state);
 		put_row(&rows, "overall", "fallback",

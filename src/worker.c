@@ -49,11 +49,13 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
+#include "postmaster/bgwriter.h"
 #include "storage/dsm.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "storage/shm_mq.h"
+#include "storage/standby.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -99,6 +101,9 @@ typedef struct CutoverRun
 	char	   *fallback_name;	/* with fallback: reverse subscription, slot */
 	PGconn	   *target;			/* with fallback: this target, via target_dsn */
 	bool		reverse_prepared;	/* reverse objects may exist: undo them */
+	bool		source_superuser;	/* with fallback: reverse_start_sql can
+									 * advance the origin there */
+	char	   *reverse_start;	/* with fallback: where the reverse stream starts */
 } CutoverRun;
 
 /* What one poll of the catch-up sees. */
@@ -607,7 +612,7 @@ detach_target(CutoverRun *run)
 					run->blocked_ms),
 			 errdetail("Final source position %s. The source stays read-only (schema %s holds its write-rejecting triggers); the slot is dropped there next, see zdm.event_log.",
 					   run->final_lsn, ZDM_FENCE_SCHEMA),
-			 run->state.fallback_name || run->fallback_name ?
+			 run->fallback_name ?
 			 errhint("Writes made here are replicated back to the source. CALL zdm.fallback() moves the application back; CALL zdm.finish() ends the migration and the reverse replication.") : 0));
 }
 
@@ -678,15 +683,16 @@ commit_fence(CutoverRun *run)
 	FenceOutcome outcome;
 
 	fence_finish_permanent(run->fence);
+	if (run->fallback_name != NULL)
+		remote_command(run->fence,
+					   reverse_start_sql(run->fallback_name, run->reverse_start),
+					   "starting the reverse replication");
 
 	SpinLockAcquire(&run->shared->mutex);
 	run->shared->past_no_return = true;
 	SpinLockRelease(&run->shared->mutex);
 
-	if (fence_commit(run->fence, run->fallback_name ?
-					 psprintf("DROP PUBLICATION " ZDM_PUBLICATION "; %s",
-							  reverse_enable_sql(run->fallback_name)) :
-					 "DROP PUBLICATION " ZDM_PUBLICATION))
+	if (fence_commit(run->fence, "DROP PUBLICATION " ZDM_PUBLICATION))
 		return;
 	outcome = fence_outcome(run->state.source_conninfo, fence_pid);
 	if (outcome == FENCE_COMMITTED)
@@ -793,6 +799,36 @@ record_fallback(CutoverRun *run)
 			  dsn_mask(run->target_dsn));
 }
 
+static void
+forget_fallback(CutoverRun *run)
+{
+	state_set_fallback(NULL, NULL);
+}
+
+/*
+ * A cutover without fallback after one with fallback that failed and could
+ * not remove its reverse replication: remove it now, before any lock, or a
+ * disabled subscription and a slot holding WAL here would stay behind.
+ */
+static void
+remove_leftover_fallback(CutoverRun *run)
+{
+	char	   *reason = NULL;
+	PGconn	   *target = remote_connect_quietly(run->state.fallback_conninfo,
+												5000, &reason);
+
+	if (!reverse_remove(run->control, target, run->state.fallback_name,
+						REVERSE_UNDO_TIMEOUT_MS))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("could not remove the reverse replication an earlier cutover with fallback left"),
+				 errdetail("Subscription %s on the source, or slot %s or publication %s on this target, is still there. The source was not locked.",
+						   run->state.fallback_name, run->state.fallback_name, ZDM_PUBLICATION),
+				 errhint("Drop them by hand, or CALL zdm.abort(), and try again.")));
+	remote_disconnect(target);
+	in_transaction(forget_fallback, run);
+}
+
 /*
  * Before any lock: create the reverse replication's objects, disabled
  * (reverse.c).  Recorded first, so that whatever happens next knows what
@@ -809,6 +845,10 @@ prepare_fallback(CutoverRun *run)
 	run->reverse_prepared = true;
 	reverse_prepare(run->control, run->target, run->target_dsn,
 					run->fallback_name);
+	run->source_superuser =
+		strcmp(remote_value(remote_query(run->control,
+										 "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+										 0, NULL, "reading the source role"), 0, 0), "t") == 0;
 	ereport(NOTICE,
 			(errmsg("reverse replication prepared: subscription %s on the source, disabled until the cutover commits",
 					run->fallback_name)));
@@ -839,6 +879,9 @@ cutover_steps(CutoverRun *run)
 		ereport(NOTICE,
 				(errmsg("finishing the detach of an interrupted cutover"),
 				 errdetail("The source was made read-only for good before the interruption.")));
+		SpinLockAcquire(&run->shared->mutex);
+		run->shared->past_no_return = true;
+		SpinLockRelease(&run->shared->mutex);
 		if (run->state.final_lsn)
 			run->final_lsn = run->state.final_lsn;
 		else
@@ -851,13 +894,23 @@ cutover_steps(CutoverRun *run)
 
 	check_subscription_ready(run);
 	tables = check_same_tables(run);
+	if (run->target_dsn == NULL && run->state.fallback_name != NULL)
+		remove_leftover_fallback(run);
 	in_transaction(mark_cutover_started, run);
 	if (run->target_dsn != NULL)
 		prepare_fallback(run);
 
 	come_close(run);
 	if (run->fallback_name != NULL)
+	{
+		/*
+		 * Decoding, the slot's advance too, starts at its restart point,
+		 * which moves only past a record of the running transactions: log
+		 * one, so that the advance under the fence decodes little.
+		 */
+		XLogFlush(LogStandbySnapshot());
 		reverse_skip_applied(run->target, run->fallback_name);
+	}
 	prefetch_sequences(run);
 	run->fence_started = GetCurrentTimestamp();
 	fence_acquire(dsn, run->control, tables, &run->fence,
@@ -887,15 +940,21 @@ cutover_steps(CutoverRun *run)
 					(double) (GetCurrentTimestamp() - run->fence_started) / 1000.0)));
 
 	if (run->fallback_name != NULL)
+	{
+		run->reverse_start = reverse_mark_start(run->target, run->fallback_name);
 		ereport(NOTICE,
 				(errmsg("reverse replication will start at this target's position %s",
-						reverse_mark_start(run->target, run->fallback_name))));
+						run->reverse_start)));
+	}
 
 	check_still_wanted(run, "about to detach");
 	in_transaction(mark_detaching, run);
 	remote_set_deadline(TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													DETACH_SOURCE_TIMEOUT_MS));
 	commit_fence(run);
+	/* see reverse_start_sql: without the origin, a checkpoint keeps the start */
+	if (run->fallback_name != NULL && !run->source_superuser)
+		RequestCheckpoint(CHECKPOINT_IMMEDIATE | CHECKPOINT_FORCE | CHECKPOINT_WAIT);
 	detach_target(run);
 }
 
@@ -915,8 +974,10 @@ release_fence_on_failure(int code, Datum arg)
 		fence_release(run->fence, run->control, run->state.source_conninfo);
 		run->fence = NULL;
 		if (run->reverse_prepared &&
-			!reverse_remove(run->control, run->target, run->fallback_name,
-							REVERSE_UNDO_TIMEOUT_MS))
+			reverse_remove(run->control, run->target, run->fallback_name,
+						   REVERSE_UNDO_TIMEOUT_MS))
+			run->reverse_prepared = false;
+		else if (run->reverse_prepared)
 			ereport(WARNING,
 					(errmsg("could not remove the reverse replication this cutover prepared"),
 					 errdetail("Subscription %s on the source, or slot %s or publication %s on this target, may be left.",
@@ -948,7 +1009,8 @@ record_failure(CutoverRun *run)
 	if (!run->shared->past_no_return)
 	{
 		state_set_phase("streaming");
-		if (run->fallback_name != NULL)
+		/* what could not be removed stays recorded, for abort and the next cutover */
+		if (run->fallback_name != NULL && !run->reverse_prepared)
 			state_set_fallback(NULL, NULL);
 	}
 	event_log("cutover_failed", "%s", failure_message);
