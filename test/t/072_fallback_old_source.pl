@@ -6,7 +6,9 @@
 #
 # For each of the source versions in @VERSIONS that test/run-tests.sh
 # fetched (ZDM_SOURCE_INSTALLS, see test/lib/ZdmSources.pm and
-# t/030_source_versions.pl), with a target of this build:
+# t/030_source_versions.pl), with a target of this build (a source before
+# 11: the cutover with fallback is refused by fallback_source_version,
+# nothing created, the source writable; then a plain cutover):
 #   - zdm.check_fallback: every check ok (the subscription privilege is a
 #     superuser's on these versions);
 #   - writers insert into the source, CALL zdm.cutover(fallback => true)
@@ -35,10 +37,11 @@ use ZdmLoad;
 use ZdmSources;
 use ZdmTest;
 
-# The old sources this test runs with (when fetched): 10, the oldest
-# supported (its logical replication knows no TRUNCATE), and 12.  Each
-# costs about half a minute.
-my @VERSIONS = (10, 12);
+# The old sources this test runs with (when fetched): 10, which a cutover
+# with fallback refuses (fallback_source_version: a subscriber before 11
+# cannot apply TRUNCATE, so a TRUNCATE made on the target would be lost at
+# a fallback), 11, the oldest it accepts, and 12.  A few seconds each.
+my @VERSIONS = (10, 11, 12);
 
 my %wanted = map { $_ => 1 } @VERSIONS;
 my @installs = grep { $wanted{ $_->{major} } } source_installs();
@@ -85,6 +88,33 @@ sub each_writer
 		});
 }
 
+# A source before 11: the cutover with fallback is refused by
+# fallback_source_version, before any lock, nothing created, the source
+# writable, the migration streaming; a plain cutover still works.
+sub refused_from
+{
+	my ($v, $source, $target, $tdsn) = @_;
+	is( $target->safe_psql('app',
+			"SELECT string_agg(name || ' ' || ok || ' ' || blocking, '; ') FROM zdm.check_fallback('$tdsn') WHERE NOT ok"),
+		'fallback_source_version false true',
+		"$v: fallback_source_version is the one fallback check that fails, blocking");
+	my ($ret, $out, $err) = psql_verbose($target, 'app',
+		"CALL zdm.cutover(fallback => true, target_dsn => '$tdsn')");
+	isnt($ret, 0, "$v: the cutover with fallback is refused");
+	like($err, qr/DETAIL:[^\n]*fallback_source_version/, "$v: the detail names fallback_source_version")
+	  or diag $err;
+	unlike($err, qr/writes blocked on the source/, "$v: the source was never fenced");
+	is(wait_no_reverse_objects($source, $target), '', "$v: nothing created on either side");
+	($ret, $out, $err) = psql_verbose($source, 'app',
+		"SET lock_timeout = '10s'; INSERT INTO t_serial (client, seq) VALUES (-4, 1)");
+	is($ret, 0, "$v: the source takes writes") or diag $err;
+	is($target->safe_psql('app', 'SELECT phase FROM zdm.migration'),
+		'streaming', "$v: the migration is still streaming");
+	($ret, $out, $err) = psql_verbose($target, 'app', 'CALL zdm.cutover()');
+	is($ret, 0, "$v: a cutover without fallback completes") or diag $err;
+	return;
+}
+
 sub fallback_from
 {
 	my ($install, $source, $target) = @_;
@@ -106,6 +136,11 @@ INSERT INTO t_keyless (client, seq, note) SELECT 0, i, 'row ' || i FROM generate
 	is($ret, 0, "$v: init succeeds") or diag $err;
 	wait_until_ready($target);
 
+	if ($install->{major} < 11)
+	{
+		refused_from($v, $source, $target, $tdsn);
+		return;
+	}
 	is( $target->safe_psql('app',
 			"SELECT string_agg(name || ': ' || detail, '; ') FROM zdm.check_fallback('$tdsn') WHERE NOT ok"),
 		'', "$v: every fallback check is ok");
