@@ -52,10 +52,14 @@ use ZdmFallback;
 use ZdmLoad;
 use ZdmTest;
 
-# Tables the writers insert into (client, seq), as SQL names them, and every
-# migrated table.
-my @LOAD_TABLES = ('t_serial', 't_ident', '"MiXeD_Case"', 't_keyless');
+# Tables the writers insert into (client, seq), as SQL names them (t_part
+# through its parent: writers 1-3 fill t_part_low, 11-14 t_part_high),
+# every table compared, and the tables a fence must lock on either side
+# (the leaves).
+my @LOAD_TABLES = ('t_serial', 't_ident', '"MiXeD_Case"', 't_keyless', 't_part');
 my @TABLES = (@LOAD_TABLES, 't_trunc');
+my @FENCED = ('t_serial', 't_ident', '"MiXeD_Case"', 't_keyless', 't_trunc',
+	't_part_low', 't_part_high');
 
 # log_statement = all would log every INSERT of the writers
 my $source = start_source('source', "log_statement = ddl\n");
@@ -84,6 +88,10 @@ CREATE TABLE "MiXeD_Case" (
 CREATE TABLE t_keyless (client integer NOT NULL, seq integer NOT NULL, note text);
 ALTER TABLE t_keyless REPLICA IDENTITY FULL;
 CREATE TABLE t_trunc (id integer PRIMARY KEY);
+CREATE TABLE t_part (client integer NOT NULL, seq integer NOT NULL, note text,
+    PRIMARY KEY (client, seq)) PARTITION BY RANGE (client);
+CREATE TABLE t_part_low PARTITION OF t_part FOR VALUES FROM (MINVALUE) TO (10);
+CREATE TABLE t_part_high PARTITION OF t_part FOR VALUES FROM (10) TO (MAXVALUE);
 });
 # rows for the initial copy, under writer id 0
 $source->safe_psql('app', q{
@@ -92,6 +100,7 @@ INSERT INTO t_ident (client, seq) SELECT 0, i FROM generate_series(1, 2000) i;
 INSERT INTO "MiXeD_Case" (client, seq) SELECT 0, i FROM generate_series(1, 2000) i;
 INSERT INTO t_keyless (client, seq, note) SELECT 0, i, 'row ' || i FROM generate_series(1, 500) i;
 INSERT INTO t_trunc SELECT generate_series(1, 5);
+INSERT INTO t_part (client, seq) SELECT 0, i FROM generate_series(1, 500) i;
 });
 init_migration($source, $target);
 
@@ -149,7 +158,7 @@ ok($fwd->wait_for(sub { acked_keys($fwd) >= $acked_at_stall + 40 }),
 my $log_offset = log_position($source);
 my $call = start_cutover($target,
 	"timeout => '2 min', fallback => true, target_dsn => '$tdsn'");
-ok(poll_while_running($source, fence_held_query(@TABLES), $call, $target),
+ok(poll_while_running($source, fence_held_query(@FENCED), $call, $target),
 	'the cutover fences every table of the source');
 is( reverse_objects($source, $target),
 	"source: subscription $name (disabled); target: publication zdm_pub; target: slot $name",
@@ -226,9 +235,14 @@ is( reverse_objects($source, $target),
 );
 is( $target->safe_psql('app', q{
 SELECT string_agg(schemaname || '.' || tablename, ', ' ORDER BY tablename COLLATE "C")
-FROM pg_publication_tables WHERE pubname = 'zdm_pub'}),
+FROM pg_publication_tables WHERE pubname = 'zdm_pub' AND tablename NOT LIKE 't\_part%'}),
 	'public.MiXeD_Case, public.t_ident, public.t_keyless, public.t_serial, public.t_trunc',
 	'the target publishes every migrated table');
+like( $target->safe_psql('app', q{
+SELECT string_agg(tablename, ', ' ORDER BY tablename COLLATE "C")
+FROM pg_publication_tables WHERE pubname = 'zdm_pub' AND tablename LIKE 't\_part%'}),
+	qr/^(t_part|t_part_high, t_part_low)$/,
+	'... and the partitioned table (as itself or as its partitions)');
 wait_reverse_streaming($target, 'after the cutover');
 ok( $source->poll_query_until('app',
 		"SELECT count(*) = 1 FROM pg_stat_subscription WHERE subname = '$name' AND pid IS NOT NULL"),
@@ -260,6 +274,9 @@ DELETE FROM t_keyless WHERE client = 0 AND seq > 450;
 DELETE FROM "MiXeD_Case" WHERE client = 0 AND seq <= 10;
 TRUNCATE t_trunc;
 INSERT INTO t_trunc VALUES (100), (101);
+UPDATE t_part SET note = 'updated on the target' WHERE client = 0 AND seq <= 20;
+UPDATE t_part SET client = 30 WHERE client = 0 AND seq BETWEEN 21 AND 30;
+DELETE FROM t_part WHERE client = 0 AND seq > 490;
 });
 ok( $source->poll_query_until('app', q{
 SELECT (SELECT count(*) FROM t_serial WHERE note = 'updated on the target')
@@ -267,9 +284,12 @@ SELECT (SELECT count(*) FROM t_serial WHERE note = 'updated on the target')
     || ' ' || (SELECT count(*) FROM t_keyless WHERE note = 'updated on the target')
     || ' ' || (SELECT count(*) FROM t_keyless WHERE client = 0)
     || ' ' || (SELECT count(*) FROM "MiXeD_Case" WHERE client = 0)
-    || ' ' || (SELECT string_agg(id::text, ',' ORDER BY id) FROM t_trunc)},
-		'100 1900 50 450 1990 100,101'),
-	'updates, deletes and a TRUNCATE on the target reach the source');
+    || ' ' || (SELECT string_agg(id::text, ',' ORDER BY id) FROM t_trunc)
+    || ' ' || (SELECT count(*) FROM t_part WHERE note = 'updated on the target')
+    || ' ' || (SELECT count(*) FROM t_part_high WHERE client = 30)
+    || ' ' || (SELECT count(*) FROM t_part WHERE client = 0)},
+		'100 1900 50 450 1990 100,101 20 10 480'),
+	'updates (one moving rows to another partition), deletes and a TRUNCATE on the target reach the source');
 {
 	my $acked_now = scalar(acked_keys($bwd));
 	ok($bwd->wait_for(sub { acked_keys($bwd) >= $acked_now + 40 }),
@@ -311,7 +331,7 @@ ok($bwd->wait_for(sub { acked_keys($bwd) >= $acked_at_stall + 40 }),
 	'the writers on the target go on while the source is held back');
 
 $call = start_statement($target, "CALL zdm.fallback(timeout => '2 min')");
-ok(poll_while_running($target, target_fenced_query(@TABLES), $call),
+ok(poll_while_running($target, target_fenced_query(@FENCED), $call),
 	'the fallback blocks writes to every table of the target');
 {
 	my %on_source = keys_on($source, @LOAD_TABLES);
@@ -441,11 +461,18 @@ foreach my $table (@LOAD_TABLES)
 		is(sqlstate_of($err), '25006', "the target rejects: $sql");
 	}
 }
+{
+	my ($r, $out, $err) = psql_verbose($target, 'app',
+		'INSERT INTO t_part_high (client, seq) VALUES (40, 1)');
+	is(sqlstate_of($err), '25006', 'the target rejects an INSERT into a partition directly');
+}
 foreach my $sql (
 	'UPDATE t_serial SET note = note WHERE client = 0 AND seq = 1',
 	'DELETE FROM t_keyless WHERE client = 0 AND seq = 1',
 	"INSERT INTO t_keyless (client, seq) VALUES (-1, 1)",
-	'TRUNCATE t_trunc')
+	'TRUNCATE t_trunc',
+	'INSERT INTO t_part (client, seq) VALUES (40, 1)',
+	'UPDATE t_part SET client = 41 WHERE client = 40')
 {
 	my ($r, $out, $err) = psql_verbose($source, 'app', $sql);
 	is($r, 0, "the source takes: $sql") or diag $err;
