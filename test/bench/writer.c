@@ -11,6 +11,11 @@
  *             attempt with monotonic timestamps, computes the
  *             write-unavailability window and writes the keys of every
  *             commit the source acknowledged, for the lost-write check.
+ *             For a fallback (test/bench/fallback.sh) the roles swap: the
+ *             application's "source" is pg_zdm's target, where
+ *             --call-conninfo runs CALL zdm.fallback(), and its "target"
+ *             pg_zdm's source; --client-base keeps the keys apart from
+ *             those of the cutover before it.
  *   call      run one statement (e.g. CALL zdm.cutover()), print each NOTICE
  *             with the time it arrived, and the total time.
  *   setval    one SELECT setval(...) statement per sequence, one round trip
@@ -187,6 +192,8 @@ static const char *opt_cutover = "zdm";	/* zdm | naive */
 static const char *opt_out = ".";
 static const char *opt_naive_sub = "naive_sub";
 static const char *opt_zdm_call = "CALL zdm.cutover()";
+static const char *opt_call_conninfo;	/* where opt_zdm_call runs: --target */
+static int	opt_client_base = 0;	/* added to every client id */
 static int	opt_n[3] = {4, 4, 4};
 static double opt_rate[3] = {80, 35, 10};
 static int	opt_long_ms = 75;
@@ -424,11 +431,15 @@ client_main(void *arg)
 	return NULL;
 }
 
-/* pg_zdm's cutover: one CALL on the target, NOTICEs recorded as they come. */
+/*
+ * pg_zdm's cutover: one CALL on the target (or on --call-conninfo), NOTICEs
+ * recorded as they come.
+ */
 static void
 cutover_zdm(void)
 {
-	PGconn	   *conn = connect_or_die(opt_target, "the target");
+	PGconn	   *conn = connect_or_die(opt_call_conninfo ? opt_call_conninfo : opt_target,
+									  "the server of the call");
 	PGresult   *res;
 
 	PQsetNoticeProcessor(conn, notice_to_mark, NULL);
@@ -720,6 +731,10 @@ cmd_load(int argc, char **argv)
 			opt_naive_sub = v;
 		else if (strcmp(o, "--zdm-call") == 0)
 			opt_zdm_call = v;
+		else if (strcmp(o, "--call-conninfo") == 0)
+			opt_call_conninfo = v;
+		else if (strcmp(o, "--client-base") == 0)
+			opt_client_base = atoi(v);
 		else if (strcmp(o, "--persistent") == 0)
 			sscanf(v, "%d:%lf", &opt_n[K_PERSISTENT], &opt_rate[K_PERSISTENT]);
 		else if (strcmp(o, "--reconnect") == 0)
@@ -757,7 +772,7 @@ cmd_load(int argc, char **argv)
 		{
 			Client	   *c = &clients[n];
 
-			c->id = 100 * (k + 1) + i;
+			c->id = opt_client_base + 100 * (k + 1) + i;
 			c->kind = (ClientKind) k;
 			c->period_us = (int64_t) (1e6 / opt_rate[k]);
 			c->long_us = (int64_t) opt_long_ms * 1000;

@@ -44,17 +44,22 @@ SELECT 't ' || id FROM t
 UNION ALL
 SELECT 'w ' || client || ' ' || seq FROM w WHERE client > 0};
 
-# ZdmFault->new(source, target): the bench of one test.  The tables of
-# TABLES_SQL must exist on both sides (same_schema_on_both).
+# ZdmFault->new(source, target, first_id => n, first_writer => n): the
+# bench of one test.  The tables of TABLES_SQL must exist on both sides
+# (same_schema_on_both).  first_id (default 1000) is the first id of t that
+# source_write uses, first_writer (default 1) the first writer id: a second
+# bench on the same tables needs others (the fallback tests run one in each
+# direction, "source" being where the bench writes and "target" where its
+# writes must arrive).
 sub new
 {
-	my ($class, $source, $target) = @_;
+	my ($class, $source, $target, %opts) = @_;
 	my $self = {
 		source => $source,
 		target => $target,
 		acked => [],
-		next_id => 1000,
-		next_writer => 1,
+		next_id => $opts{first_id} // 1000,
+		next_writer => $opts{first_writer} // 1,
 		faults => 0,
 		survived => 0,
 		lost => 0,
