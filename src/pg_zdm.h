@@ -227,7 +227,8 @@ extern void reverse_prepare(PGconn *source, PGconn *target,
 							const char *target_dsn, const char *name);
 extern void reverse_skip_applied(PGconn *target, const char *name);
 extern char *reverse_mark_start(PGconn *target, const char *name);
-extern char *reverse_start_sql(const char *name, const char *start);
+extern char *reverse_start_sql(const char *name, const char *start,
+							   bool advance_origin);
 extern bool reverse_drop_subscription(PGconn *source, const char *name,
 									  int timeout_ms);
 extern bool reverse_drop_target(PGconn *target, const char *name,
