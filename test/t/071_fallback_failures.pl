@@ -117,6 +117,15 @@ sub new_migration
 		't', 'zdm.check_fallback(NULL): the derived DSN reaches the target');
 }
 
+# The SQLSTATE a cutover with fallback raises when a check fails: the
+# check's own, as zdm.init raises its checks' (README, "The way back").
+my %check_sqlstate = (
+	fallback_replica_identity => '55000',
+	fallback_target_connection => '08006',
+	fallback_target_wal_level => '55000',
+	fallback_target_slots => '53400',
+	fallback_source_workers => '53400',);
+
 # A cutover with fallback that a failing check must refuse; see the file
 # header for what must hold afterwards.  Fill slots of the slots case are
 # not ours: left out of what is compared.
@@ -143,7 +152,9 @@ sub refused_cleanly
 		$fwd->end_fault($fault);
 		return;
 	}
-	is(sqlstate_of($stderr), '55000', "$label: with SQLSTATE 55000") or diag $stderr;
+	is(sqlstate_of($stderr), $check_sqlstate{$check},
+		"$label: with the SQLSTATE of $check, $check_sqlstate{$check}")
+	  or diag $stderr;
 	like($stderr, qr/DETAIL:[^\n]*\Q$check\E/, "$label: the detail names $check")
 	  or diag $stderr;
 	unlike($stderr, qr/writes blocked on the source/, "$label: the source was never fenced");
