@@ -3,8 +3,8 @@
 #
 #   A. Before the cutover: zdm.fallback() and zdm.finish() are refused
 #      (55000).  zdm.check_fallback() with the DSN derived (NULL) reaches
-#      the target.  A cutover with fallback => true is refused (55000, the
-#      failing check named in the detail) while writers insert into the
+#      the target.  A cutover with fallback => true is refused (with the
+#      failing check's SQLSTATE, the check named in the detail) while writers insert into the
 #      source, for each of: a migrated table without key or replica
 #      identity on the target (fallback_replica_identity, which names it), a
 #      target DSN nothing listens on (fallback_target_connection), the
