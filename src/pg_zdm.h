@@ -12,8 +12,11 @@
  * parallel initial copy), subscription.c (the local subscription), source.c
  * (removing the migration's objects from the source), cutover.c
  * (the caller side of zdm.cutover), worker.c (the background worker that
- * runs it), fence.c (blocking writes on the source), sequences.c and
- * verify.c (zdm.verify: comparing the rows of both sides).
+ * runs it), fence.c (blocking writes on the source, or on this target for
+ * a fallback), sequences.c, verify.c (zdm.verify: comparing the rows of
+ * both sides), and the way back: fallback_checks.c (zdm.check_fallback),
+ * reverse.c (the reverse replication's objects), fallback.c (zdm.fallback's
+ * caller side, zdm.finish) and fallback_worker.c (the fallback's worker).
  *
  *-------------------------------------------------------------------------
  */
