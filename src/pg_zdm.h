@@ -153,6 +153,7 @@ extern void state_fallen_back(double writes_blocked_ms);
 extern void state_delete(void);
 extern void event_log(const char *event, const char *fmt,...) pg_attribute_printf(2, 3);
 extern bool migration_lock_try(void);
+extern bool migration_lock_wait(int wait_ms);
 extern void migration_lock_release(void);
 extern bool migration_lock_held_elsewhere(void);
 extern void require_nonatomic(FunctionCallInfo fcinfo, const char *procname,
