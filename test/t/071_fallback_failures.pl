@@ -34,8 +34,11 @@
 #      acknowledged write on the source, the same rows on both sides, the
 #      source's sequences ahead, the target read-only and the source
 #      writable, the reverse objects gone; zdm.finish() forgets it.
-#   D. A new migration, cutover with fallback, a write on the target that
-#      reaches the source; zdm.abort() refused (55000); zdm.finish(): no
+#   D. A new migration, cutover with fallback (target_dsn derived from the
+#      session) under writes to the source; both servers stopped in
+#      immediate mode and restarted: writes on the target made before and
+#      after reach the source, the same rows on both sides, no apply error
+#      or conflict on the source; zdm.abort() refused (55000); zdm.finish(): no
 #      subscription or replication origin left on the source, no slot or
 #      publication on the target, the source still read-only, the target
 #      writable, zdm.migration empty, zdm.status() says no migration,
@@ -437,13 +440,41 @@ WHERE relation = 'w'::regclass AND mode = 'RowExclusiveLock' AND NOT granted}),
 {
 	my $label = 'finish after a cutover with fallback';
 	new_migration();
-	my ($ret, $stderr) = on_target("CALL zdm.cutover($with_fallback)");
-	is($ret, 0, "$label: the cutover with fallback succeeds") or diag $stderr;
+	my $log_offset = log_position($source);
+	my $load = $fwd->start_writers;
+	# target_dsn left out: derived from this session (psql came through the
+	# target's unix socket, which the source, on this machine, reaches too)
+	my ($ret, $stderr) = on_target('CALL zdm.cutover(fallback => true)');
+	is($ret, 0, "$label: the cutover with fallback, target_dsn derived, succeeds under write load")
+	  or diag $stderr;
+	$fwd->stop_writers($load);
 	stop_unless($ret == 0, "$label: the cutover");
+	$fwd->no_write_lost($label, 0);
 	wait_reverse_streaming($target, $label);
+
+	# Both servers stopped in immediate mode and started again: the reverse
+	# replication resumes where it was, and sends the source nothing it had
+	# (the forward writes applied here just before the cutover) nor loses
+	# what the target wrote.
+	$target->safe_psql('app', "INSERT INTO t VALUES (900000, 'written on the target before the crashes')");
+	$target->stop('immediate');
+	$target->start;
+	$source->stop('immediate');
+	$source->start;
+	wait_reverse_streaming($target, "$label, after both servers crashed");
 	$target->safe_psql('app', "INSERT INTO t VALUES (900001, 'written on the target')");
-	ok($source->poll_query_until('app', 'SELECT count(*) = 1 FROM t WHERE id = 900001'),
-		"$label: a write on the target reaches the source");
+	ok( $source->poll_query_until('app',
+			'SELECT count(*) = 2 FROM t WHERE id IN (900000, 900001)'),
+		"$label: writes on the target before and after the crashes reach the source");
+	foreach my $table ('t', 'w', 'nk')
+	{
+		is(table_digest($source, $table), table_digest($target, $table),
+			"$label: $table has the same rows on both sides");
+	}
+	is(reverse_apply_errors($source, $name) // '0', '0',
+		"$label: no apply error of the reverse subscription on the source");
+	is(apply_trouble_since($source, $log_offset), '',
+		"$label: no conflict or duplicate key in the source's log");
 
 	($ret, $stderr) = on_target('CALL zdm.abort()');
 	is(sqlstate_of($stderr), '55000', "$label: zdm.abort() after the cutover is refused (55000)")
