@@ -12,6 +12,10 @@ SELECT format('host=%s port=%s dbname=%s password=Pw-fallback-secret',
               split_part(current_setting('unix_socket_directories'), ',', 1),
               current_setting('port'), current_database()) AS target_dsn \gset
 SELECT name, ok FROM zdm.check_fallback(:'target_dsn') WHERE NOT ok;
+-- A column here only: the source could not apply rows carrying it.
+ALTER TABLE fb_items ADD COLUMN target_only int;
+SELECT name, ok, objects FROM zdm.check_fallback(:'target_dsn') WHERE NOT ok;
+ALTER TABLE fb_items DROP COLUMN target_only;
 
 SET client_min_messages = warning;
 CALL zdm.cutover(fallback => true, target_dsn => :'target_dsn');
@@ -40,6 +44,17 @@ SELECT on_source($$INSERT INTO fb_items (note) VALUES ('application on the sourc
 \echo :LAST_ERROR_SQLSTATE
 CALL zdm.abort();
 \echo :LAST_ERROR_SQLSTATE
+
+-- A table created here after the cutover, with rows: the fallback refuses
+-- (its rows would stay behind), locking nothing.
+CREATE TABLE fb_new (id int PRIMARY KEY);
+INSERT INTO fb_new VALUES (1);
+\set VERBOSITY terse
+CALL zdm.fallback();
+\echo :LAST_ERROR_SQLSTATE
+\set VERBOSITY default
+INSERT INTO fb_new VALUES (2);
+DROP TABLE fb_new;
 
 -- Back to the source.
 SET client_min_messages = warning;

@@ -207,7 +207,7 @@ COMMENT ON FUNCTION zdm.tables() IS
  * target's position after the last change of the source was applied: every
  * later write made here reaches the source, none of the source's own
  * changes come back.  The source's read-only triggers let the reverse
- * replication (session_replication_role = replica) through.
+ * subscription's workers through, and no other session.
  */
 CREATE PROCEDURE zdm.cutover(timeout interval DEFAULT '5 min',
                              sequence_buffer bigint DEFAULT 5000,

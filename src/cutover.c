@@ -381,7 +381,13 @@ zdm_cutover(PG_FUNCTION_ARGS)
 	require_nonatomic(fcinfo, "zdm.cutover",
 					  "A transaction block could hold locks that stall the apply worker while writes are fenced on the source.");
 	if (fallback)
-		target_dsn = fallback_target_dsn(PG_ARGISNULL(3) ? NULL : PG_GETARG_TEXT_PP(3));
+	{
+		MigrationState state;
+		bool		found = state_load(&state);
+
+		target_dsn = fallback_target_dsn(PG_ARGISNULL(3) ? NULL : PG_GETARG_TEXT_PP(3),
+										 found ? state.source_conninfo : NULL);
+	}
 	if (target_dsn != NULL && strlen(target_dsn) >= ZDM_DSN_MAX)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),

@@ -227,6 +227,52 @@ dsn_validate(const char *dsn, const char *side)
 }
 
 /*
+ * dsn_append_value: a value of a connection string, quoted as libpq reads
+ * it: in single quotes, with quotes and backslashes escaped by a backslash.
+ */
+void
+dsn_append_value(StringInfo buf, const char *value)
+{
+	const char *c;
+
+	appendStringInfoChar(buf, '\'');
+	for (c = value; *c; c++)
+	{
+		if (*c == '\'' || *c == '\\')
+			appendStringInfoChar(buf, '\\');
+		appendStringInfoChar(buf, *c);
+	}
+	appendStringInfoChar(buf, '\'');
+}
+
+/*
+ * dsn_is_local: does the DSN reach a server on this machine (a socket
+ * directory, the default socket, or a loopback address)?  Only what it
+ * says; a host name that resolves to this machine is not known to be.
+ */
+bool
+dsn_is_local(const char *dsn)
+{
+	PQconninfoOption *opts = PQconninfoParse(dsn, NULL);
+	PQconninfoOption *opt;
+	bool		local = true;
+
+	for (opt = opts; opt && opt->keyword != NULL; opt++)
+	{
+		const char *v = opt->val;
+
+		if ((strcmp(opt->keyword, "host") != 0 &&
+			 strcmp(opt->keyword, "hostaddr") != 0) || v == NULL || v[0] == '\0')
+			continue;
+		if (v[0] != '/' && v[0] != '@' && strcmp(v, "localhost") != 0 &&
+			strncmp(v, "127.", 4) != 0 && strcmp(v, "::1") != 0)
+			local = false;
+	}
+	PQconninfoFree(opts);
+	return local;
+}
+
+/*
  * dsn_mask: the DSN rebuilt for display, every secret field (those libpq
  * marks with dispchar '*', i.e. the password) replaced by ********.  The
  * DSN must have been validated.
@@ -245,8 +291,6 @@ dsn_mask(const char *dsn)
 	initStringInfo(&buf);
 	for (opt = opts; opt->keyword != NULL; opt++)
 	{
-		const char *c;
-
 		if (opt->val == NULL || opt->val[0] == '\0' ||
 			strchr(opt->dispchar, 'D') != NULL)
 			continue;
@@ -258,14 +302,7 @@ dsn_mask(const char *dsn)
 			appendStringInfoString(&buf, "********");
 			continue;
 		}
-		appendStringInfoChar(&buf, '\'');
-		for (c = opt->val; *c; c++)
-		{
-			if (*c == '\'' || *c == '\\')
-				appendStringInfoChar(&buf, '\\');
-			appendStringInfoChar(&buf, *c);
-		}
-		appendStringInfoChar(&buf, '\'');
+		dsn_append_value(&buf, opt->val);
 	}
 	PQconninfoFree(opts);
 	return buf.data;

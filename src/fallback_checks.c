@@ -53,6 +53,7 @@ static void check_target_wal_level(FallbackContext *ctx, CheckResult *result);
 static void check_target_slots(FallbackContext *ctx, CheckResult *result);
 static void check_target_wal_senders(FallbackContext *ctx, CheckResult *result);
 static void check_fallback_replica_identity(FallbackContext *ctx, CheckResult *result);
+static void check_fallback_columns(FallbackContext *ctx, CheckResult *result);
 
 static const struct
 {
@@ -69,6 +70,7 @@ static const struct
 	{"fallback_target_slots", check_target_slots, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED},
 	{"fallback_target_wal_senders", check_target_wal_senders, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED},
 	{"fallback_replica_identity", check_fallback_replica_identity, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE},
+	{"fallback_columns", check_fallback_columns, ERRCODE_UNDEFINED_COLUMN},
 };
 
 /*
@@ -230,6 +232,25 @@ check_subscription_privilege(FallbackContext *ctx, CheckResult *result)
 	}
 	if (strcmp(remote_value(res, 0, 1), "t") == 0)
 	{
+		/* from 16 the apply worker writes as each table's owner */
+		RemoteResult *owners = remote_query(ctx->source,
+											"SELECT count(*), string_agg(DISTINCT quote_ident(pg_get_userbyid(c.relowner)), ', ') "
+											"FROM pg_publication_tables p "
+											"JOIN pg_namespace n ON n.nspname = p.schemaname "
+											"JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename "
+											"WHERE p.pubname = '" ZDM_PUBLICATION "' "
+											"  AND NOT pg_has_role(c.relowner, 'SET')",
+											0, NULL, "reading the owners of the source's tables");
+
+		if (strcmp(remote_value(owners, 0, 0), "0") != 0)
+		{
+			result->detail = psprintf("Role %s may not SET ROLE to the owners of %s published tables (%s); from PostgreSQL 16 a subscription writes as each table's owner.",
+									  remote_value(res, 0, 2), remote_value(owners, 0, 0),
+									  remote_value(owners, 0, 1));
+			result->hint = psprintf("On the source, GRANT each of those roles TO %s; or have it own the tables.",
+									remote_value(res, 0, 2));
+			return;
+		}
 		result->ok = dsn_has_password(ctx->target_dsn);
 		result->detail = result->ok ?
 			psprintf("Role %s has pg_create_subscription and CREATE on the source database.",
@@ -333,10 +354,13 @@ check_target_wal_senders(FallbackContext *ctx, CheckResult *result)
  * UPDATE and DELETE are published only for tables with a replica identity:
  * every table the forward subscription fills, and the partitions of those
  * partitioned here (pg_partition_tree gives no row for a plain table).
+ * The names are built in the caller's context: SPI's goes at SPI_finish.
  */
 static void
 check_fallback_replica_identity(FallbackContext *ctx, CheckResult *result)
 {
+	MemoryContext callercxt = CurrentMemoryContext;
+	MemoryContext oldcxt;
 	uint64		i;
 
 	SPI_connect();
@@ -358,6 +382,7 @@ check_fallback_replica_identity(FallbackContext *ctx, CheckResult *result)
 						"          WHERE x.indrelid = c.oid AND x.indisreplident))) "
 						"ORDER BY 1", 0, NULL, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the replica identities");
+	oldcxt = MemoryContextSwitchTo(callercxt);
 	for (i = 0; i < SPI_processed; i++)
 	{
 		char	   *name = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
@@ -366,6 +391,7 @@ check_fallback_replica_identity(FallbackContext *ctx, CheckResult *result)
 								  psprintf("%s (no key): ALTER TABLE %s REPLICA IDENTITY FULL",
 										   name, name));
 	}
+	MemoryContextSwitchTo(oldcxt);
 	SPI_finish();
 	result->ok = result->objects == NIL;
 	result->detail = result->ok ?
@@ -374,6 +400,73 @@ check_fallback_replica_identity(FallbackContext *ctx, CheckResult *result)
 				 list_length(result->objects), check_summary(result->objects));
 	if (!result->ok)
 		result->hint = pstrdup("Add a primary key, or set REPLICA IDENTITY FULL, on each table listed in objects.");
+}
+
+/*
+ * Columns of the migrated tables here that the source's table lacks: the
+ * reverse apply worker fails on the first row that has them (the forward
+ * checks allow them: nothing from the source fills them).  Generated
+ * columns are not sent.
+ */
+static void
+check_fallback_columns(FallbackContext *ctx, CheckResult *result)
+{
+	MemoryContext callercxt = CurrentMemoryContext;
+	MemoryContext oldcxt;
+	RemoteResult *res;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	uint64		i;
+
+	if (ctx->source == NULL)
+	{
+		result->detail = psprintf("The source could not be reached: %s", ctx->source_reason);
+		return;
+	}
+	res = remote_query(ctx->source,
+					   "SELECT coalesce(array_agg(format('%I.%I.%I', p.schemaname, p.tablename, a.attname))::text, '{}') "
+					   "FROM pg_publication_tables p "
+					   "JOIN pg_namespace n ON n.nspname = p.schemaname "
+					   "JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename "
+					   "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+					   "WHERE p.pubname = '" ZDM_PUBLICATION "'",
+					   0, NULL, "reading the columns of the source's tables");
+	values[0] = CStringGetTextDatum(remote_value(res, 0, 0));
+	SPI_connect();
+	if (zdm_spi_execute("SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), a.attname "
+						"FROM pg_catalog.pg_subscription s "
+						"JOIN pg_catalog.pg_subscription_rel r ON r.srsubid = s.oid "
+						"JOIN pg_catalog.pg_class c ON c.oid = r.srrelid "
+						"JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+						"JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid "
+						"  AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' "
+						"WHERE s.subname = '" ZDM_SUBSCRIPTION "' "
+						"  AND s.subdbid = (SELECT oid FROM pg_catalog.pg_database "
+						"                   WHERE datname = pg_catalog.current_database()) "
+						"  AND pg_catalog.format('%I.%I.%I', n.nspname, c.relname, a.attname) "
+						"      <> ALL ($1::pg_catalog.text[]) "
+						"ORDER BY 1, 2", 1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not compare the columns");
+	oldcxt = MemoryContextSwitchTo(callercxt);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		char	   *table = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		char	   *column = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+
+		result->objects = lappend(result->objects,
+								  psprintf("%s.%s (only on this target): on the source ALTER TABLE %s ADD COLUMN %s ...",
+										   table, quote_identifier(column), table,
+										   quote_identifier(column)));
+	}
+	MemoryContextSwitchTo(oldcxt);
+	SPI_finish();
+	result->ok = result->objects == NIL;
+	result->detail = result->ok ?
+		pstrdup("Every column of the migrated tables here exists on the source.") :
+		psprintf("%d columns of the migrated tables here do not exist on the source; the source could not apply a row of this target that has them: %s.",
+				 list_length(result->objects), check_summary(result->objects));
+	if (!result->ok)
+		result->hint = pstrdup("Add those columns on the source (the objects column lists them), or drop them here.");
 }
 
 /*
@@ -441,31 +534,49 @@ fallback_refuse(List *checks)
 /*
  * fallback_target_dsn: the target_dsn argument validated, or when NULL one
  * derived from this session: the address it connected to (or the first
- * socket directory), this port and database, the session user.  No
- * password: a source that needs one must be given target_dsn.
+ * socket directory), this port and database, the session user, and no
+ * password (a source that needs one must be given target_dsn).  A derived
+ * address that only works on this machine (a socket, a loopback address)
+ * is refused when source_dsn, if known, names another machine: the source
+ * would reach a server of its own.
  */
 char *
-fallback_target_dsn(text *arg)
+fallback_target_dsn(text *arg, const char *source_dsn)
 {
 	MemoryContext callercxt = CurrentMemoryContext;
-	char	   *dsn;
+	StringInfoData dsn;
+	char	   *host;
+	int			i;
 
 	if (arg != NULL)
 		return dsn_validate(text_to_cstring(arg), "target");
 
 	SPI_connect();
-	if (zdm_spi_execute("SELECT pg_catalog.format('host=%s port=%s dbname=%s user=%s', "
-						"  pg_catalog.quote_literal(coalesce(pg_catalog.host(pg_catalog.inet_server_addr()), "
-						"    pg_catalog.btrim(pg_catalog.split_part(pg_catalog.current_setting('unix_socket_directories'), ',', 1)))), "
-						"  pg_catalog.current_setting('port'), "
-						"  pg_catalog.quote_literal(pg_catalog.current_database()), "
-						"  pg_catalog.quote_literal(session_user))",
+	if (zdm_spi_execute("SELECT coalesce(pg_catalog.host(pg_catalog.inet_server_addr()), "
+						"    pg_catalog.btrim(pg_catalog.split_part(pg_catalog.current_setting('unix_socket_directories'), ',', 1))), "
+						"  pg_catalog.current_setting('port'), pg_catalog.current_database(), "
+						"  session_user",
 						0, NULL, NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not derive the target connection string");
-	dsn = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	dsn = MemoryContextStrdup(callercxt, dsn);
+	MemoryContextSwitchTo(callercxt);
+	initStringInfo(&dsn);
+	for (i = 0; i < 4; i++)
+	{
+		static const char *const keywords[] = {"host", "port", "dbname", "user"};
+
+		appendStringInfo(&dsn, "%s%s=", i > 0 ? " " : "", keywords[i]);
+		dsn_append_value(&dsn, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, i + 1));
+	}
+	host = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	SPI_finish();
-	return dsn_validate(dsn, "target");
+	if (source_dsn != NULL && dsn_is_local(dsn.data) && !dsn_is_local(source_dsn))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("target_dsn must be given: this session reached this server through %s, which the source cannot use",
+						host),
+				 errdetail("The source runs on another machine; a socket or loopback address would reach a server there."),
+				 errhint("Pass target_dsn => 'host=... port=... dbname=... user=... password=...', with which the source reaches this server.")));
+	return dsn_validate(dsn.data, "target");
 }
 
 /*
@@ -476,7 +587,7 @@ fallback_target_dsn(text *arg)
 Datum
 zdm_check_fallback(PG_FUNCTION_ARGS)
 {
-	char	   *target_dsn = fallback_target_dsn(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
+	char	   *target_dsn;
 	MigrationState state;
 
 	if (!state_load(&state))
@@ -490,6 +601,8 @@ zdm_check_fallback(PG_FUNCTION_ARGS)
 				 errmsg("the migration is past its cutover, which is where a fallback is set up"),
 				 errdetail("The migration is in phase %s.", state.phase),
 				 errhint("zdm.status() shows whether this cutover set one up.")));
+	target_dsn = fallback_target_dsn(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0),
+									 state.source_conninfo);
 	InitMaterializedSRF(fcinfo, 0);
 	check_put_rows((ReturnSetInfo *) fcinfo->resultinfo,
 				   fallback_checks(state.source_conninfo, target_dsn));

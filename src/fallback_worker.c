@@ -34,6 +34,7 @@
 #include <limits.h>
 
 #include "access/xact.h"
+#include "executor/spi.h"
 #include "miscadmin.h"
 #include "storage/dsm.h"
 #include "storage/ipc.h"
@@ -70,6 +71,8 @@ typedef struct FallbackRun
 	TimestampTz fence_started;
 	double		blocked_ms;
 	char	   *final_lsn;
+	int64		reverse_errors;	/* the reverse apply worker's error count
+								 * when the fallback started (-1: before 15) */
 } FallbackRun;
 
 static const char *failure_message = NULL;
@@ -197,6 +200,67 @@ record_failure(FallbackRun *run)
 }
 
 /*
+ * Refuse while a table here that holds rows is not in the reverse
+ * publication (created after the cutover, or here only from the start):
+ * its rows would never reach the source, and it would stay writable here.
+ * Tables of extensions are left out (pg_zdm's own among them).
+ * pg_partition_ancestors gives no row for a table that is no partition.
+ */
+static void
+check_all_tables_published(FallbackRun *run)
+{
+	StringInfoData names;
+	uint64		i;
+	int			nonempty = 0;
+
+	initStringInfo(&names);		/* before SPI_connect: it outlives SPI */
+	SPI_connect();
+	if (zdm_spi_execute("SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) "
+						"FROM pg_catalog.pg_class c "
+						"JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+						"WHERE c.relkind = 'r' AND c.relpersistence = 'p' "
+						"  AND n.nspname !~ '^pg_' AND n.nspname NOT IN ('information_schema', '" ZDM_FENCE_SCHEMA "') "
+						"  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d "
+						"    WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass "
+						"      AND d.objid = c.oid AND d.deptype = 'e') "
+						"  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel r "
+						"    JOIN pg_catalog.pg_publication p ON p.oid = r.prpubid "
+						"    WHERE p.pubname = '" ZDM_PUBLICATION "' "
+						"      AND (r.prrelid = c.oid OR r.prrelid IN "
+						"        (SELECT relid FROM pg_catalog.pg_partition_ancestors(c.oid)))) "
+						"ORDER BY 1", 0, NULL, NULL, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not list the unpublished tables");
+	if (SPI_processed > 0)
+	{
+		SPITupleTable *tables = SPI_tuptable;
+		uint64		ntables = SPI_processed;
+
+		for (i = 0; i < ntables; i++)
+		{
+			char	   *name = SPI_getvalue(tables->vals[i], tables->tupdesc, 1);
+
+			if (zdm_spi_execute(psprintf("SELECT 1 FROM %s LIMIT 1", name),
+								0, NULL, NULL, NULL, true, 1) != SPI_OK_SELECT)
+				elog(ERROR, "could not read table %s", name);
+			if (SPI_processed == 0)
+				continue;
+			if (nonempty++ < 10)
+				appendStringInfo(&names, "%s%s", names.len > 0 ? ", " : "", name);
+		}
+	}
+	SPI_finish();
+	if (nonempty > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg_plural("%d table with rows here is not replicated to the source",
+							   "%d tables with rows here are not replicated to the source",
+							   nonempty, nonempty),
+				 errdetail("Their rows would stay behind at the fallback: %s%s. Nothing was locked.",
+						   names.data, nonempty > 10 ? " and more" : ""),
+				 errhint("Create them on the source and copy their rows there, or drop them here (they were created after the cutover, or exist here only), then call zdm.fallback() again.")));
+}
+
+/*
  * Refuse to fence while the reverse replication does not run: the source
  * could not catch up.
  */
@@ -258,6 +322,64 @@ source_confirmed(FallbackRun *run, const char *lsn, int64 *behind)
 }
 
 /*
+ * One look at the source's reverse apply worker: whether it has reported a
+ * position at or past lsn (NULL: never), and, from 15, how many errors it
+ * has reported (-1 before 15).
+ */
+static void
+poll_source(FallbackRun *run, const char *lsn, bool *applied, int64 *errors)
+{
+	const char *params[2] = {run->state.fallback_name, lsn};
+	RemoteResult *res;
+
+	res = remote_query(run->source, PQserverVersion(run->source) >= 150000 ?
+					   "SELECT coalesce(bool_or(st.latest_end_lsn >= $2::pg_lsn), false), "
+					   "  (SELECT coalesce(max(ss.apply_error_count), 0) FROM pg_stat_subscription_stats ss "
+					   "   WHERE ss.subid = s.oid) "
+					   "FROM pg_subscription s LEFT JOIN pg_stat_subscription st "
+					   "  ON st.subid = s.oid AND st.relid IS NULL AND st.pid IS NOT NULL "
+					   "WHERE s.subname = $1 "
+					   "  AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+					   "GROUP BY s.oid" :
+					   "SELECT coalesce(bool_or(st.latest_end_lsn >= $2::pg_lsn), false), -1 "
+					   "FROM pg_subscription s LEFT JOIN pg_stat_subscription st "
+					   "  ON st.subid = s.oid AND st.relid IS NULL AND st.pid IS NOT NULL "
+					   "WHERE s.subname = $1 "
+					   "  AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+					   "GROUP BY s.oid",
+					   2, params, "watching the reverse subscription");
+	if (res->ntuples != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("the reverse subscription %s is missing on the source", run->state.fallback_name)));
+	*applied = strcmp(remote_value(res, 0, 0), "t") == 0;
+	*errors = strtoi64(remote_value(res, 0, 1), NULL, 10);
+}
+
+/*
+ * Stop when the source's reverse apply worker keeps failing: a change of
+ * this target the source cannot apply (a column or constraint it lacks)
+ * would keep writes fenced here until the timeout.  As in the cutover's
+ * check_apply_errors: one new error refuses before the fence, two are
+ * needed while fenced (a lost connection counts too).  Sources before 15
+ * keep no count: the timeout ends the fallback there.
+ */
+static void
+check_reverse_errors(FallbackRun *run, int64 errors, bool fenced)
+{
+	if (errors < 0 || errors - run->reverse_errors < (fenced ? 2 : 1))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("the source cannot apply a change of this target: its reverse apply worker is failing"),
+			 errdetail("It reported %lld new errors while the fallback waited; %s",
+					   (long long) (errors - run->reverse_errors),
+					   fenced ? "the fence here is released and this target is writable again." :
+					   "this target was not locked."),
+			 errhint("Find the error of the logical replication worker in the source's log and fix its cause (often a column or constraint of this target the source lacks); once the fallback rows of zdm.status() show no new errors, call zdm.fallback() again.")));
+}
+
+/*
  * The faster of the two proofs of the source's catch-up: its apply worker
  * has reported a position at or past the final one (latest_end_lsn, set
  * when it handles a keepalive: every transaction before it applied; from
@@ -271,16 +393,12 @@ source_confirmed(FallbackRun *run, const char *lsn, int64 *behind)
 static bool
 source_applied(FallbackRun *run)
 {
-	const char *params[2] = {run->state.fallback_name, run->final_lsn};
-	RemoteResult *res;
+	bool		applied;
+	int64		errors;
 
-	res = remote_query(run->source,
-					   "SELECT coalesce(bool_or(st.latest_end_lsn >= $2::pg_lsn), false) "
-					   "FROM pg_stat_subscription st JOIN pg_subscription s ON s.oid = st.subid "
-					   "WHERE s.subname = $1 AND st.relid IS NULL AND st.pid IS NOT NULL "
-					   "  AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
-					   2, params, "watching the reverse subscription");
-	if (strcmp(remote_value(res, 0, 0), "t") != 0)
+	poll_source(run, run->final_lsn, &applied, &errors);
+	check_reverse_errors(run, errors, true);
+	if (!applied)
 		return false;
 	(void) remote_query(run->source, "SELECT txid_current()", 0, NULL,
 						"flushing the source's WAL");
@@ -298,8 +416,13 @@ come_close(FallbackRun *run)
 
 	for (;;)
 	{
+		bool		applied;
+		int64		errors;
+
 		check_still_wanted(run, "waiting for the source to come close before fencing");
 		(void) source_confirmed(run, NULL, &behind);
+		poll_source(run, NULL, &applied, &errors);
+		check_reverse_errors(run, errors, false);
 		if (behind <= FENCE_LAG_LIMIT_BYTES)
 			return;
 		worker_nap();
@@ -506,6 +629,12 @@ fallback_steps(FallbackRun *run)
 	}
 
 	check_reverse_running(run);
+	{
+		bool		applied;
+
+		poll_source(run, NULL, &applied, &run->reverse_errors);
+	}
+	in_transaction(check_all_tables_published, run);
 	in_transaction(mark_started, run);
 	come_close(run);
 

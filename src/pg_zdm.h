@@ -22,6 +22,7 @@
 
 #include "fmgr.h"
 #include "libpq-fe.h"
+#include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
 #include "storage/latch.h"
 #include "storage/spin.h"
@@ -51,6 +52,8 @@ extern int	zdm_copy_set_aside_size_kb;
 /* dsn.c */
 extern char *dsn_validate(const char *dsn, const char *side);
 extern char *dsn_mask(const char *dsn);
+extern void dsn_append_value(StringInfo buf, const char *value);
+extern bool dsn_is_local(const char *dsn);
 extern int	dsn_connect_timeout(const char *dsn);
 extern void dsn_install_log_filter(void);
 
@@ -217,14 +220,15 @@ extern bool source_end_session(PGconn *conn, int pid, int wait_ms);
 /* fallback_checks.c: what a cutover with fallback needs */
 extern List *fallback_checks(const char *source_dsn, const char *target_dsn);
 extern void fallback_refuse(List *checks);
-extern char *fallback_target_dsn(text *arg);
+extern char *fallback_target_dsn(text *arg, const char *source_dsn);
 
 /* reverse.c: the reverse replication, from this target to the source */
 extern void reverse_prepare(PGconn *source, PGconn *target,
 							const char *target_dsn, const char *name);
 extern void reverse_skip_applied(PGconn *target, const char *name);
 extern char *reverse_mark_start(PGconn *target, const char *name);
-extern char *reverse_start_sql(const char *name, const char *start);
+extern char *reverse_start_sql(const char *name, const char *start,
+							   bool advance_origin);
 extern bool reverse_drop_subscription(PGconn *source, const char *name,
 									  int timeout_ms);
 extern bool reverse_drop_target(PGconn *target, const char *name,

@@ -208,20 +208,25 @@ reverse_mark_start(PGconn *target, const char *name)
  * start, run on the source in the transaction that commits its fence.  The
  * slot's advance is only made durable here by a checkpoint, and a target
  * that crashed before one would send the forward subscription's changes
- * again from where the slot was created: so the subscription's replication
- * origin is advanced to start as well, in the same transaction, from which
- * the source asks for the stream (pg_replication_origin_advance needs a
- * superuser; for any other role the cutover makes a checkpoint here).
+ * again from where the slot was created: so, with advance_origin, the
+ * subscription's replication origin is advanced to start as well, in the
+ * same transaction, and the source asks for the stream from there.
+ * pg_replication_origin_advance is a superuser's unless granted: for any
+ * other role the cutover makes a checkpoint here instead.
  */
 char *
-reverse_start_sql(const char *name, const char *start)
+reverse_start_sql(const char *name, const char *start, bool advance_origin)
 {
-	return psprintf("SELECT pg_replication_origin_advance('pg_' || s.oid, %s) "
-					"FROM pg_subscription s, pg_roles r "
-					"WHERE s.subname = %s AND s.subdbid = (SELECT oid FROM pg_database "
-					"  WHERE datname = current_database()) "
-					"  AND r.rolname = current_user AND r.rolsuper; "
-					"ALTER SUBSCRIPTION %s ENABLE",
-					quote_literal_cstr(start), quote_literal_cstr(name),
-					quote_identifier(name));
+	StringInfoData sql;
+
+	initStringInfo(&sql);
+	if (advance_origin)
+		appendStringInfo(&sql,
+						 "SELECT pg_replication_origin_advance('pg_' || s.oid, %s) "
+						 "FROM pg_subscription s "
+						 "WHERE s.subname = %s AND s.subdbid = (SELECT oid FROM pg_database "
+						 "  WHERE datname = current_database()); ",
+						 quote_literal_cstr(start), quote_literal_cstr(name));
+	appendStringInfo(&sql, "ALTER SUBSCRIPTION %s ENABLE", quote_identifier(name));
+	return sql.data;
 }

@@ -101,8 +101,8 @@ typedef struct CutoverRun
 	char	   *fallback_name;	/* with fallback: reverse subscription, slot */
 	PGconn	   *target;			/* with fallback: this target, via target_dsn */
 	bool		reverse_prepared;	/* reverse objects may exist: undo them */
-	bool		source_superuser;	/* with fallback: reverse_start_sql can
-									 * advance the origin there */
+	bool		advance_origin; /* with fallback: the source role may call
+								 * pg_replication_origin_advance */
 	char	   *reverse_start;	/* with fallback: where the reverse stream starts */
 } CutoverRun;
 
@@ -685,7 +685,8 @@ commit_fence(CutoverRun *run)
 	fence_finish_permanent(run->fence);
 	if (run->fallback_name != NULL)
 		remote_command(run->fence,
-					   reverse_start_sql(run->fallback_name, run->reverse_start),
+					   reverse_start_sql(run->fallback_name, run->reverse_start,
+										 run->advance_origin),
 					   "starting the reverse replication");
 
 	SpinLockAcquire(&run->shared->mutex);
@@ -758,8 +759,10 @@ check_same_tables(CutoverRun *run)
 		if (unpublished != NIL)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("publication %s does not list %d tables of the source (the source was not locked)",
-							ZDM_PUBLICATION, list_length(unpublished)),
+					 errmsg_plural("publication %s does not list %d table of the source (the source was not locked)",
+								   "publication %s does not list %d tables of the source (the source was not locked)",
+								   list_length(unpublished),
+								   ZDM_PUBLICATION, list_length(unpublished)),
 					 errdetail("Tables created on the source after zdm.init are not replicated, and their rows would not reach this target: %s.",
 							   names.data),
 					 errhint("On the source run ALTER PUBLICATION %s ADD TABLE for each of them (zdm.status() lists the statement), then here ALTER SUBSCRIPTION %s REFRESH PUBLICATION, wait until zdm.status() is ready, and cut over again; or drop them on the source.",
@@ -845,10 +848,10 @@ prepare_fallback(CutoverRun *run)
 	run->reverse_prepared = true;
 	reverse_prepare(run->control, run->target, run->target_dsn,
 					run->fallback_name);
-	run->source_superuser =
+	run->advance_origin =
 		strcmp(remote_value(remote_query(run->control,
-										 "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
-										 0, NULL, "reading the source role"), 0, 0), "t") == 0;
+										 "SELECT has_function_privilege('pg_replication_origin_advance(text, pg_lsn)', 'EXECUTE')",
+										 0, NULL, "reading the source role's privileges"), 0, 0), "t") == 0;
 	ereport(NOTICE,
 			(errmsg("reverse replication prepared: subscription %s on the source, disabled until the cutover commits",
 					run->fallback_name)));
@@ -953,7 +956,7 @@ cutover_steps(CutoverRun *run)
 													DETACH_SOURCE_TIMEOUT_MS));
 	commit_fence(run);
 	/* see reverse_start_sql: without the origin, a checkpoint keeps the start */
-	if (run->fallback_name != NULL && !run->source_superuser)
+	if (run->fallback_name != NULL && !run->advance_origin)
 		RequestCheckpoint(CHECKPOINT_IMMEDIATE | CHECKPOINT_FORCE | CHECKPOINT_WAIT);
 	detach_target(run);
 }

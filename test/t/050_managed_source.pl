@@ -195,7 +195,7 @@ $source->safe_psql('app', 'INSERT INTO late_table VALUES (1)');
 my ($late_ret, $late_out, $late_err) = psql_verbose($target, 'app',
 	"CALL zdm.cutover(timeout => '30 s')");
 is(sqlstate_of($late_err), '55000', 'cutover refuses while a source table is not published');
-like($late_err, qr/publication zdm_pub does not list 1 tables of the source .*public\.late_table/s,
+like($late_err, qr/publication zdm_pub does not list 1 table of the source .*public\.late_table/s,
 	'and names it');
 is( $source->safe_psql('app', q{
 SELECT count(*) FROM pg_namespace WHERE nspname = 'zdm_fence'}),
