@@ -3,9 +3,9 @@
 #
 #   A. Before the cutover: zdm.fallback() and zdm.finish() are refused
 #      (55000).  zdm.check_fallback() with the DSN derived (NULL) reaches
-#      the target.  A cutover with fallback => true is refused (55000, the
-#      failing check named in the detail) while writers insert into the
-#      source, for each of: a migrated table without key or replica
+#      the target.  A cutover with fallback => true is refused (with the
+#      failing check's SQLSTATE, the check named in the detail) while
+#      writers insert into the source, for each of: a migrated table without key or replica
 #      identity on the target (fallback_replica_identity, which names it), a
 #      target DSN nothing listens on (fallback_target_connection), the
 #      target at wal_level = replica (fallback_target_wal_level), every
@@ -120,6 +120,17 @@ sub new_migration
 		't', 'zdm.check_fallback(NULL): the derived DSN reaches the target');
 }
 
+# The SQLSTATE each check refuses with (README, "The way back": the
+# check's own, as zdm.init's checks do).
+my %CHECK_SQLSTATE = (
+	fallback_target_connection => '08006',
+	fallback_subscription_privilege => '42501',
+	fallback_source_workers => '53400',
+	fallback_target_wal_level => '55000',
+	fallback_target_slots => '53400',
+	fallback_target_wal_senders => '53400',
+	fallback_replica_identity => '55000');
+
 # A cutover with fallback that a failing check must refuse; see the file
 # header for what must hold afterwards.  Fill slots of the slots case are
 # not ours: left out of what is compared.
@@ -146,7 +157,8 @@ sub refused_cleanly
 		$fwd->end_fault($fault);
 		return;
 	}
-	is(sqlstate_of($stderr), '55000', "$label: with SQLSTATE 55000") or diag $stderr;
+	is(sqlstate_of($stderr), $CHECK_SQLSTATE{$check},
+		"$label: with the check's SQLSTATE $CHECK_SQLSTATE{$check}") or diag $stderr;
 	like($stderr, qr/DETAIL:[^\n]*\Q$check\E/, "$label: the detail names $check")
 	  or diag $stderr;
 	unlike($stderr, qr/writes blocked on the source/, "$label: the source was never fenced");
