@@ -45,6 +45,13 @@
 #      zdm.fallback() and zdm.check_fallback() refused.
 #   E. A new migration and a plain cutover: zdm.fallback() and
 #      zdm.check_fallback() refused; zdm.finish() forgets the migration.
+#   F. A new migration, a cutover with fallback, writes on the target, and
+#      a fallback whose worker is terminated after its point of no return
+#      (held there by a source session holding the fence's trigger
+#      function): the call fails, the target rejects writes for good, the
+#      source still too, zdm.status() is not ok; once the source session
+#      ends, zdm.fallback() again finishes it: every acknowledged write on
+#      the source, the same rows, the source writable, nothing left.
 
 use strict;
 use warnings;
@@ -538,6 +545,64 @@ WHERE relation = 'w'::regclass AND mode = 'RowExclusiveLock' AND NOT granted}),
 		'0', "$label: zdm.migration is empty");
 	my ($r, $out, $err) = psql_verbose($source, 'app', "INSERT INTO t VALUES (900004, 'x')");
 	is(sqlstate_of($err), '25006', "$label: the source stays read-only");
+}
+
+# --- F. the fallback interrupted after its point of no return -------------------
+
+# A source session holds the row of the fence's trigger function (an open
+# ALTER FUNCTION), so the fallback, past its point of no return (this
+# target read-only for good), waits to make the source writable; its worker
+# is terminated there.  The next zdm.fallback() finishes it.
+{
+	my $label = 'fallback interrupted after its point of no return';
+	my $fault = $rev->begin_fault($label);
+	new_migration();
+	my ($ret, $stderr) = on_target("CALL zdm.cutover($with_fallback)");
+	is($ret, 0, "$label: the cutover with fallback succeeds") or diag $stderr;
+	stop_unless($ret == 0, "$label: the cutover");
+	wait_reverse_streaming($target, $label);
+	my $load = $rev->start_writers;
+
+	my $block = $source->background_psql('app');
+	$block->query_safe('BEGIN; ALTER FUNCTION zdm_fence.reject_write() COST 101');
+	my $call = start_statement($target, "CALL zdm.fallback(timeout => '1 min')");
+	ok( poll_while_running($source, q{
+SELECT count(*) > 0 FROM pg_stat_activity
+WHERE application_name = 'pg_zdm' AND wait_event_type = 'Lock'}, $call, $target),
+		"$label: the fallback waits on the source, past its point of no return");
+	my ($r, $e) = $rev->source_write("$label: past the point of no return", '5s');
+	is(sqlstate_of($e), '25006', "$label: the target rejects writes for good");
+	is( $target->safe_psql('app',
+			"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE backend_type LIKE 'pg_zdm%'"),
+		'1', "$label: the fallback worker is terminated");
+	($ret, $stderr) = finish_cutover($call);
+	isnt($ret, 0, "$label: the call fails");
+	note "$label: the caller saw: $stderr";
+	is( $target->safe_psql('app',
+			"SELECT ok FROM zdm.status() WHERE component = 'overall'"),
+		'f', "$label: zdm.status() says something is left to do");
+	($r, my $out, $e) = psql_verbose($source, 'app', "INSERT INTO t VALUES (900005, 'x')");
+	is(sqlstate_of($e), '25006', "$label: the source still rejects writes");
+	$rev->release_stall($block);
+	$rev->stop_writers($load);
+
+	($ret, $stderr) = on_target("CALL zdm.fallback(timeout => '1 min')");
+	is($ret, 0, "$label: CALL zdm.fallback() again finishes it") or diag $stderr;
+	$rev->no_write_lost("$label: every write either server acknowledged is on the source", 0);
+	foreach my $table ('t', 'w', 'nk')
+	{
+		is(table_digest($source, $table), table_digest($target, $table),
+			"$label: $table has the same rows on both sides");
+	}
+	($r, $out, $e) = psql_verbose($source, 'app', "INSERT INTO t VALUES (900006, 'x')");
+	is($r, 0, "$label: the source takes writes") or diag $e;
+	($r, $e) = $rev->source_write("$label: at the end", '5s');
+	is(sqlstate_of($e), '25006', "$label: the target rejects writes");
+	is(wait_no_reverse_objects($source, $target), '',
+		"$label: no reverse subscription, slot or publication left");
+	($ret, $stderr) = on_target('CALL zdm.finish()');
+	is($ret, 0, "$label: zdm.finish() afterwards succeeds") or diag $stderr;
+	$rev->end_fault($fault);
 }
 
 $fwd->summary;
