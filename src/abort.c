@@ -119,6 +119,10 @@ zdm_abort(PG_FUNCTION_ARGS)
 				 strcmp(state.phase, "cutover") != 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 strcmp(state.phase, "completed") == 0 ?
+					 errmsg("the migration is complete and cannot be aborted") :
+					 strcmp(state.phase, "detaching") == 0 ?
+					 errmsg("the migration is being detached and cannot be aborted") :
 					 errmsg("the migration is past its cutover and cannot be aborted"),
 					 errdetail("It is in phase %s: the source was made read-only for good when the cutover passed its point of no return.",
 							   state.phase),
