@@ -211,7 +211,7 @@ sub no_write_lost
 	$self->{lost_now} = scalar @missing;
 	return is(scalar(@missing), 0,
 		"$label: no acknowledged write lost ($acked acknowledged so far, "
-		  . scalar(@missing) . ' missing on the target)')
+		  . scalar(@missing) . ' missing on ' . $self->{target}->name . ')')
 	  || diag('missing: ' . join(', ', @missing[ 0 .. ($#missing < 9 ? $#missing : 9) ]));
 }
 

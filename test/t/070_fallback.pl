@@ -8,10 +8,10 @@
 #      BEGIN READ WRITE); the forward replication is held back (its
 #      walsender stopped) so that the target is behind when the fence comes
 #      and the forward apply writes rows here after the reverse slot was
-#      made: those rows must not go back to the source.  The cutover with fallback => true completes;
-#      before it fenced, the target already had publication zdm_pub and the
-#      slot zdm_fallback_<sysid>_<dboid>, the source the disabled
-#      subscription of that name.
+#      made: those rows must not go back to the source.  The cutover with
+#      fallback => true completes; before it fenced, the target already had
+#      publication zdm_pub and the slot zdm_fallback_<sysid>_<dboid>, the
+#      source the disabled subscription of that name.
 #   3. After it: every write the source acknowledged is on the target; the
 #      source rejects application writes (25006), also from a session that
 #      sets session_replication_role = replica or takes the reverse
@@ -20,8 +20,9 @@
 #      and streams (zdm.status(): fallback/state, fallback/lag, overall ok).
 #   4. Writers insert into the target (persistent, reconnecting, an open
 #      transaction, BEGIN READ WRITE); the test updates, deletes and
-#      truncates rows the source had: every change reaches the source while
-#      it stays read-only for applications, with no apply error there.
+#      truncates rows the source had, and moves rows of a partitioned table
+#      to another partition: every change reaches the source while it stays
+#      read-only for applications, with no apply error there.
 #   5. CALL zdm.fallback() under that load, while a source session holds
 #      the reverse apply back (EXCLUSIVE lock on a table) until the target's
 #      writes are blocked: the target is behind when they are, and the
@@ -34,9 +35,9 @@
 #      source's sequences are ahead of the target's (value + 5000; an INSERT
 #      gets a key above every key of the target); the target rejects
 #      INSERT/UPDATE/DELETE/TRUNCATE with 25006 (writers included, none
-#      acknowledged after being refused), the source takes them; no
-#      zdm_fence on the source, no reverse subscription, slot or
-#      publication left.
+#      acknowledged after being refused; through the partitioned table and
+#      into a partition directly), the source takes them; no zdm_fence on
+#      the source, no reverse subscription, slot or publication left.
 #   7. zdm.fallback() again and zdm.abort() are refused (55000);
 #      zdm.finish() forgets the migration: zdm.migration empty, zdm.status()
 #      says there is no migration.

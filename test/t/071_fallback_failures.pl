@@ -4,8 +4,8 @@
 #   A. Before the cutover: zdm.fallback() and zdm.finish() are refused
 #      (55000).  zdm.check_fallback() with the DSN derived (NULL) reaches
 #      the target.  A cutover with fallback => true is refused (with the
-#      failing check's SQLSTATE, the check named in the detail) while writers insert into the
-#      source, for each of: a migrated table without key or replica
+#      failing check's SQLSTATE, the check named in the detail) while
+#      writers insert into the source, for each of: a migrated table without key or replica
 #      identity on the target (fallback_replica_identity, which names it), a
 #      target DSN nothing listens on (fallback_target_connection), the
 #      target at wal_level = replica (fallback_target_wal_level), every
@@ -34,14 +34,24 @@
 #      acknowledged write on the source, the same rows on both sides, the
 #      source's sequences ahead, the target read-only and the source
 #      writable, the reverse objects gone; zdm.finish() forgets it.
-#   D. A new migration, cutover with fallback, a write on the target that
-#      reaches the source; zdm.abort() refused (55000); zdm.finish(): no
+#   D. A new migration, cutover with fallback (target_dsn derived from the
+#      session) under writes to the source; both servers stopped in
+#      immediate mode and restarted: writes on the target made before and
+#      after reach the source, the same rows on both sides, no apply error
+#      or conflict on the source; zdm.abort() refused (55000); zdm.finish(): no
 #      subscription or replication origin left on the source, no slot or
 #      publication on the target, the source still read-only, the target
 #      writable, zdm.migration empty, zdm.status() says no migration,
 #      zdm.fallback() and zdm.check_fallback() refused.
 #   E. A new migration and a plain cutover: zdm.fallback() and
 #      zdm.check_fallback() refused; zdm.finish() forgets the migration.
+#   F. A new migration, a cutover with fallback, writes on the target, and
+#      a fallback whose worker is terminated after its point of no return
+#      (held there by a source session holding the fence's trigger
+#      function): the call fails, the target rejects writes for good, the
+#      source still too, zdm.status() is not ok; once the source session
+#      ends, zdm.fallback() again finishes it: every acknowledged write on
+#      the source, the same rows, the source writable, nothing left.
 
 use strict;
 use warnings;
@@ -117,14 +127,16 @@ sub new_migration
 		't', 'zdm.check_fallback(NULL): the derived DSN reaches the target');
 }
 
-# The SQLSTATE a cutover with fallback raises when a check fails: the
-# check's own, as zdm.init raises its checks' (README, "The way back").
-my %check_sqlstate = (
-	fallback_replica_identity => '55000',
+# The SQLSTATE each check refuses with (README, "The way back": the
+# check's own, as zdm.init's checks do).
+my %CHECK_SQLSTATE = (
 	fallback_target_connection => '08006',
+	fallback_subscription_privilege => '42501',
+	fallback_source_workers => '53400',
 	fallback_target_wal_level => '55000',
 	fallback_target_slots => '53400',
-	fallback_source_workers => '53400',);
+	fallback_target_wal_senders => '53400',
+	fallback_replica_identity => '55000');
 
 # A cutover with fallback that a failing check must refuse; see the file
 # header for what must hold afterwards.  Fill slots of the slots case are
@@ -152,9 +164,8 @@ sub refused_cleanly
 		$fwd->end_fault($fault);
 		return;
 	}
-	is(sqlstate_of($stderr), $check_sqlstate{$check},
-		"$label: with the SQLSTATE of $check, $check_sqlstate{$check}")
-	  or diag $stderr;
+	is(sqlstate_of($stderr), $CHECK_SQLSTATE{$check},
+		"$label: with the check's SQLSTATE $CHECK_SQLSTATE{$check}") or diag $stderr;
 	like($stderr, qr/DETAIL:[^\n]*\Q$check\E/, "$label: the detail names $check")
 	  or diag $stderr;
 	unlike($stderr, qr/writes blocked on the source/, "$label: the source was never fenced");
@@ -448,13 +459,41 @@ WHERE relation = 'w'::regclass AND mode = 'RowExclusiveLock' AND NOT granted}),
 {
 	my $label = 'finish after a cutover with fallback';
 	new_migration();
-	my ($ret, $stderr) = on_target("CALL zdm.cutover($with_fallback)");
-	is($ret, 0, "$label: the cutover with fallback succeeds") or diag $stderr;
+	my $log_offset = log_position($source);
+	my $load = $fwd->start_writers;
+	# target_dsn left out: derived from this session (psql came through the
+	# target's unix socket, which the source, on this machine, reaches too)
+	my ($ret, $stderr) = on_target('CALL zdm.cutover(fallback => true)');
+	is($ret, 0, "$label: the cutover with fallback, target_dsn derived, succeeds under write load")
+	  or diag $stderr;
+	$fwd->stop_writers($load);
 	stop_unless($ret == 0, "$label: the cutover");
+	$fwd->no_write_lost($label, 0);
 	wait_reverse_streaming($target, $label);
+
+	# Both servers stopped in immediate mode and started again: the reverse
+	# replication resumes where it was, and sends the source nothing it had
+	# (the forward writes applied here just before the cutover) nor loses
+	# what the target wrote.
+	$target->safe_psql('app', "INSERT INTO t VALUES (900000, 'written on the target before the crashes')");
+	$target->stop('immediate');
+	$target->start;
+	$source->stop('immediate');
+	$source->start;
+	wait_reverse_streaming($target, "$label, after both servers crashed");
 	$target->safe_psql('app', "INSERT INTO t VALUES (900001, 'written on the target')");
-	ok($source->poll_query_until('app', 'SELECT count(*) = 1 FROM t WHERE id = 900001'),
-		"$label: a write on the target reaches the source");
+	ok( $source->poll_query_until('app',
+			'SELECT count(*) = 2 FROM t WHERE id IN (900000, 900001)'),
+		"$label: writes on the target before and after the crashes reach the source");
+	foreach my $table ('t', 'w', 'nk')
+	{
+		is(table_digest($source, $table), table_digest($target, $table),
+			"$label: $table has the same rows on both sides");
+	}
+	is(reverse_apply_errors($source, $name) // '0', '0',
+		"$label: no apply error of the reverse subscription on the source");
+	is(apply_trouble_since($source, $log_offset), '',
+		"$label: no conflict or duplicate key in the source's log");
 
 	($ret, $stderr) = on_target('CALL zdm.abort()');
 	is(sqlstate_of($stderr), '55000', "$label: zdm.abort() after the cutover is refused (55000)")
@@ -506,6 +545,64 @@ WHERE relation = 'w'::regclass AND mode = 'RowExclusiveLock' AND NOT granted}),
 		'0', "$label: zdm.migration is empty");
 	my ($r, $out, $err) = psql_verbose($source, 'app', "INSERT INTO t VALUES (900004, 'x')");
 	is(sqlstate_of($err), '25006', "$label: the source stays read-only");
+}
+
+# --- F. the fallback interrupted after its point of no return -------------------
+
+# A source session holds the row of the fence's trigger function (an open
+# ALTER FUNCTION), so the fallback, past its point of no return (this
+# target read-only for good), waits to make the source writable; its worker
+# is terminated there.  The next zdm.fallback() finishes it.
+{
+	my $label = 'fallback interrupted after its point of no return';
+	my $fault = $rev->begin_fault($label);
+	new_migration();
+	my ($ret, $stderr) = on_target("CALL zdm.cutover($with_fallback)");
+	is($ret, 0, "$label: the cutover with fallback succeeds") or diag $stderr;
+	stop_unless($ret == 0, "$label: the cutover");
+	wait_reverse_streaming($target, $label);
+	my $load = $rev->start_writers;
+
+	my $block = $source->background_psql('app');
+	$block->query_safe('BEGIN; ALTER FUNCTION zdm_fence.reject_write() COST 101');
+	my $call = start_statement($target, "CALL zdm.fallback(timeout => '1 min')");
+	ok( poll_while_running($source, q{
+SELECT count(*) > 0 FROM pg_stat_activity
+WHERE application_name = 'pg_zdm' AND wait_event_type = 'Lock'}, $call, $target),
+		"$label: the fallback waits on the source, past its point of no return");
+	my ($r, $e) = $rev->source_write("$label: past the point of no return", '5s');
+	is(sqlstate_of($e), '25006', "$label: the target rejects writes for good");
+	is( $target->safe_psql('app',
+			"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE backend_type LIKE 'pg_zdm%'"),
+		'1', "$label: the fallback worker is terminated");
+	($ret, $stderr) = finish_cutover($call);
+	isnt($ret, 0, "$label: the call fails");
+	note "$label: the caller saw: $stderr";
+	is( $target->safe_psql('app',
+			"SELECT ok FROM zdm.status() WHERE component = 'overall'"),
+		'f', "$label: zdm.status() says something is left to do");
+	($r, my $out, $e) = psql_verbose($source, 'app', "INSERT INTO t VALUES (900005, 'x')");
+	is(sqlstate_of($e), '25006', "$label: the source still rejects writes");
+	$rev->release_stall($block);
+	$rev->stop_writers($load);
+
+	($ret, $stderr) = on_target("CALL zdm.fallback(timeout => '1 min')");
+	is($ret, 0, "$label: CALL zdm.fallback() again finishes it") or diag $stderr;
+	$rev->no_write_lost("$label: every write either server acknowledged is on the source", 0);
+	foreach my $table ('t', 'w', 'nk')
+	{
+		is(table_digest($source, $table), table_digest($target, $table),
+			"$label: $table has the same rows on both sides");
+	}
+	($r, $out, $e) = psql_verbose($source, 'app', "INSERT INTO t VALUES (900006, 'x')");
+	is($r, 0, "$label: the source takes writes") or diag $e;
+	($r, $e) = $rev->source_write("$label: at the end", '5s');
+	is(sqlstate_of($e), '25006', "$label: the target rejects writes");
+	is(wait_no_reverse_objects($source, $target), '',
+		"$label: no reverse subscription, slot or publication left");
+	($ret, $stderr) = on_target('CALL zdm.finish()');
+	is($ret, 0, "$label: zdm.finish() afterwards succeeds") or diag $stderr;
+	$rev->end_fault($fault);
 }
 
 $fwd->summary;
