@@ -53,7 +53,7 @@ $source->safe_psql('app', q{
 INSERT INTO big SELECT g, 0, repeat('x', 200) FROM generate_series(1, 60000) g;
 INSERT INTO del SELECT g, 'n' || g FROM generate_series(1, 20000) g;
 INSERT INTO conv SELECT g, g * 7 FROM generate_series(1, 3000) g;
-INSERT INTO logtab SELECT g, 'm' || g FROM generate_series(1, 5000) g;
+INSERT INTO logtab SELECT g, repeat('m', 300) || g FROM generate_series(1, 5000) g;
 INSERT INTO "Odd Schema"."Mixed ""Name""" SELECT g, 'v' || g FROM generate_series(1, 1000) g;
 VACUUM ANALYZE;
 });
@@ -115,6 +115,17 @@ is($target->safe_psql('app',
 is($target->safe_psql('app',
 		"SELECT count(*) FROM pg_index WHERE indrelid IN ('big'::regclass, 'del'::regclass)"),
 	'0', 'big and del have no index while they are copied');
+# the tables with the most index building to do after their data are
+# copied first: big (the largest, two indexes set aside) first, logtab
+# (the second largest, but nothing to rebuild) last
+is($source->safe_psql('app', q{
+SELECT string_agg(relname, ',' ORDER BY pg_relation_size(oid) DESC)
+FROM pg_class WHERE relname IN ('big', 'ins', 'del', 'conv', 'logtab', 'Mixed "Name"')}) =~ s/^(\w+,\w+),.*/$1/r,
+	'big,logtab', 'big and logtab are the largest tables on the source');
+is($target->safe_psql('app', q{
+SELECT (SELECT relid FROM zdm.copy_task WHERE kind = 'data' ORDER BY id LIMIT 1)::text || ' ... ' ||
+       (SELECT relid FROM zdm.copy_task WHERE kind = 'data' ORDER BY id DESC LIMIT 1)::text}),
+	'big ... logtab', 'big is copied first, logtab last');
 like($target->safe_psql('app',
 		"SELECT source_query FROM zdm.copy_task WHERE relid = 'big'::regclass AND part = 2"),
 	qr/ctid >= '\(\d+,0\)'::tid AND ctid < '\(\d+,0\)'::tid/,
