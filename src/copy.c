@@ -72,6 +72,12 @@
 /* maintenance_work_mem of a copy worker at least (kB): its index builds. */
 #define COPY_INDEX_MEMORY_KB	262144
 
+/*
+ * How long init waits for the lock of a target table whose indexes it sets
+ * aside, when the caller set no lock_timeout.
+ */
+#define COPY_LOCK_TIMEOUT	"10s"
+
 /* How often an idle worker looks for work, and a waiting init at workers. */
 #define COPY_POLL_MS		100
 
@@ -504,6 +510,39 @@ plan_table(PGconn *conn, int id, RemoteResult *tables, int row,
 	return id;
 }
 
+/*
+ * set_aside_indexes, turning a lock timeout into an error that names the
+ * table and says what to do.  The caller's transaction is lost either way.
+ */
+static int
+set_aside_locked(int id, const char *table)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		id = set_aside_indexes(id, table);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
+			PG_RE_THROW();
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("table %s is locked by another session on this target", table),
+				 errdetail("The parallel copy sets the indexes of the table aside, which needs its ACCESS EXCLUSIVE lock; zdm.init waited %s for it.",
+						   GetConfigOptionByName("lock_timeout", NULL, false)),
+				 errhint("End the transaction that holds a lock on the table (pg_locks, pg_blocking_pids), or pass copy_method => 'native'.")));
+	}
+	PG_END_TRY();
+	return id;
+}
+
 /* A table in the order its data is copied: see copy_plan. */
 typedef struct PlannedTable
 {
@@ -547,6 +586,17 @@ copy_plan(PGconn *conn, int jobs, const char *consistent_lsn)
 	Oid			types[2] = {INT4OID, TEXTOID};
 	Datum		values[2];
 
+	int			level = NewGUCNestLevel();
+
+	/*
+	 * Setting indexes aside takes each table's ACCESS EXCLUSIVE lock here:
+	 * a session that holds a lock on one (an open transaction that read it)
+	 * would keep init waiting without a word.  Give up after lock_timeout,
+	 * COPY_LOCK_TIMEOUT if the caller set none, and say which table.
+	 */
+	if (LockTimeout == 0)
+		(void) set_config_option("lock_timeout", COPY_LOCK_TIMEOUT, PGC_USERSET,
+								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	for (row = 0; row < tables->ntuples; row++)
 	{
 		int64		size = strtoi64(remote_value(tables, row, 1), NULL, 10);
@@ -557,10 +607,11 @@ copy_plan(PGconn *conn, int jobs, const char *consistent_lsn)
 		{
 			int			first = id;
 
-			id = set_aside_indexes(id, remote_value(tables, row, 0));
+			id = set_aside_locked(id, remote_value(tables, row, 0));
 			order[row].index_weight = size * (id - first);
 		}
 	}
+	AtEOXact_GUC(true, level);
 	qsort(order, tables->ntuples, sizeof(PlannedTable), planned_table_cmp);
 	for (row = 0; row < tables->ntuples; row++)
 		id = plan_table(conn, id, tables, order[row].row, range_bytes);

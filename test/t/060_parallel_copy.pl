@@ -18,6 +18,9 @@
 #    zdm.wait_ready() say it was interrupted; zdm.abort() leaves nothing.
 # 5. CALL zdm.init cancelled while the source creates the slot (waiting for
 #    a write transaction): nothing is left on either side.
+# 6. A session here has read a table in a transaction still open: init
+#    cannot set its indexes aside, gives up after lock_timeout with 55P03
+#    naming the table, and leaves nothing (the indexes all there).
 # There is no resume: after a failure or an interruption, abort and init.
 
 use strict;
@@ -53,7 +56,7 @@ $source->safe_psql('app', q{
 INSERT INTO big SELECT g, 0, repeat('x', 200) FROM generate_series(1, 60000) g;
 INSERT INTO del SELECT g, 'n' || g FROM generate_series(1, 20000) g;
 INSERT INTO conv SELECT g, g * 7 FROM generate_series(1, 3000) g;
-INSERT INTO logtab SELECT g, 'm' || g FROM generate_series(1, 5000) g;
+INSERT INTO logtab SELECT g, repeat('m', 300) || g FROM generate_series(1, 5000) g;
 INSERT INTO "Odd Schema"."Mixed ""Name""" SELECT g, 'v' || g FROM generate_series(1, 1000) g;
 VACUUM ANALYZE;
 });
@@ -112,9 +115,28 @@ is($target->safe_psql('app',
 		"SELECT string_agg(index_name, ',' ORDER BY index_name) FROM zdm.copy_task WHERE kind = 'index'"),
 	q{"Odd Schema"."Mixed ""Name""_pkey","Odd Schema"."Odd ""idx""",public.big_pkey,public.big_v,public.conv_pkey,public.del_pkey,public.ins_pkey},
 	'secondary indexes and primary keys are set aside');
-is($target->safe_psql('app',
-		"SELECT count(*) FROM pg_index WHERE indrelid IN ('big'::regclass, 'del'::regclass)"),
-	'0', 'big and del have no index while they are copied');
+# (the workers may have rebuilt some already: an index is rebuilt and its
+# task marked done in one transaction, and only once its table's data is in)
+is($target->safe_psql('app', q{
+SELECT count(*) FROM zdm.copy_task t
+WHERE t.kind = 'index'
+  AND (EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE quote_ident(n.nspname) || '.' || quote_ident(c.relname) = t.index_name)
+       <> (t.state = 'done')
+       OR (t.state = 'done' AND EXISTS (SELECT 1 FROM zdm.copy_task d
+             WHERE d.kind = 'data' AND d.relid = t.relid AND d.state <> 'done')))}),
+	'0', 'an index set aside is there exactly when rebuilt, and only after its table\'s data');
+# the tables with the most index building to do after their data are
+# copied first: big (the largest, two indexes set aside) first, logtab
+# (the second largest, but nothing to rebuild) last
+is($source->safe_psql('app', q{
+SELECT string_agg(relname, ',' ORDER BY pg_relation_size(oid) DESC)
+FROM pg_class WHERE relname IN ('big', 'ins', 'del', 'conv', 'logtab', 'Mixed "Name"')}) =~ s/^(\w+,\w+),.*/$1/r,
+	'big,logtab', 'big and logtab are the largest tables on the source');
+is($target->safe_psql('app', q{
+SELECT (SELECT relid FROM zdm.copy_task WHERE kind = 'data' ORDER BY id LIMIT 1)::text || ' ... ' ||
+       (SELECT relid FROM zdm.copy_task WHERE kind = 'data' ORDER BY id DESC LIMIT 1)::text}),
+	'big ... logtab', 'big is copied first, logtab last');
 like($target->safe_psql('app',
 		"SELECT source_query FROM zdm.copy_task WHERE relid = 'big'::regclass AND part = 2"),
 	qr/ctid >= '\(\d+,0\)'::tid AND ctid < '\(\d+,0\)'::tid/,
@@ -304,5 +326,29 @@ is(migration_leftovers($target, $source), '', 'a cancelled init leaves nothing o
 is($target->safe_psql('app',
 		q{SELECT (SELECT count(*) FROM zdm.copy_task) + (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_zdm copy')}),
 	'0', 'no copy task and no copy worker');
+
+# --- 6. a target table in use: init says which, and leaves nothing ---------
+my $reader = background_sql($target, 'app',
+	'BEGIN; SELECT count(*) FROM del; SELECT pg_sleep(600); COMMIT;');
+ok($target->poll_query_until('app',
+		"SELECT count(*) > 0 FROM pg_locks WHERE relation = 'del'::regclass AND mode = 'AccessShareLock' AND granted"),
+	'a session here has read del in an open transaction');
+($ret, $stdout, $stderr) = psql_verbose($target, 'app',
+	"SET zdm.copy_index_set_aside_size = 0; SET lock_timeout = '1s';\n"
+	  . "CALL zdm.init('$dsn', copy_method => 'parallel', copy_jobs => 2);");
+is(sqlstate_of($stderr), '55P03', 'init fails with 55P03');
+like($stderr, qr/ERROR:  55P03: table public\.del is locked by another session on this target/,
+	'naming the table');
+like($stderr, qr/HINT:  .*copy_method => 'native'/, 'with a hint');
+$target->safe_psql('app',
+	"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(600)%' AND pid <> pg_backend_pid()");
+finish_background_sql($reader);
+is(migration_leftovers($target, $source), '', 'nothing left on either side after the lock timeout');
+is($target->safe_psql('app',
+		q{SELECT (SELECT count(*) FROM zdm.copy_task) + (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_zdm copy')}),
+	'0', 'no copy task and no copy worker after the lock timeout');
+is($target->safe_psql('app',
+		q{SELECT count(*) FROM pg_class WHERE relname IN ('big_v', 'Odd "idx"', 'big_pkey', 'del_pkey', 'ins_pkey', 'conv_pkey', 'Mixed "Name"_pkey') AND relkind = 'i'}),
+	'7', 'no index was set aside');
 
 done_testing();
