@@ -221,8 +221,9 @@ stop_worker(int code, Datum arg)
 		ereport(WARNING,
 				(errmsg("the fallback %s although this call ends with an error",
 						call->shared->succeeded ? "completed" : "had passed its point of no return"),
-				 errdetail("This target is read-only for good; the worker %s the source writable.",
-						   call->shared->succeeded ? "made" : "is making"),
+				 call->shared->succeeded ?
+				 errdetail("This target is read-only for good; the source is writable.") :
+				 errdetail("This target is read-only for good; the source rejects writes until the fallback is finished."),
 				 errhint("See SELECT * FROM zdm.status(); if it is not complete, CALL zdm.fallback() again finishes it.")));
 }
 

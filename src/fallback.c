@@ -32,6 +32,12 @@ PG_FUNCTION_INFO_V1(zdm_finish);
 #define FINISH_TIMEOUT_MS	30000
 
 /*
+ * How long finish waits for the migration lock: a cutover's worker keeps it
+ * while it drops the slot on the source, after its caller returned.
+ */
+#define FINISH_LOCK_WAIT_MS	30000
+
+/*
  * CALL zdm.fallback(timeout, sequence_buffer)
  */
 Datum
@@ -155,7 +161,7 @@ zdm_finish(PG_FUNCTION_ARGS)
 
 	require_nonatomic(fcinfo, "zdm.finish",
 					  "It commits each removal before the next side is changed.");
-	if (!migration_lock_try())
+	if (!migration_lock_wait(FINISH_LOCK_WAIT_MS))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_IN_USE),
 				 errmsg("another pg_zdm command is running on this database"),

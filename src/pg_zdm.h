@@ -12,8 +12,11 @@
  * parallel initial copy), subscription.c (the local subscription), source.c
  * (removing the migration's objects from the source), cutover.c
  * (the caller side of zdm.cutover), worker.c (the background worker that
- * runs it), fence.c (blocking writes on the source), sequences.c and
- * verify.c (zdm.verify: comparing the rows of both sides).
+ * runs it), fence.c (blocking writes on the source, or on this target for
+ * a fallback), sequences.c, verify.c (zdm.verify: comparing the rows of
+ * both sides), and the way back: fallback_checks.c (zdm.check_fallback),
+ * reverse.c (the reverse replication's objects), fallback.c (zdm.fallback's
+ * caller side, zdm.finish) and fallback_worker.c (the fallback's worker).
  *
  *-------------------------------------------------------------------------
  */
@@ -150,6 +153,7 @@ extern void state_fallen_back(double writes_blocked_ms);
 extern void state_delete(void);
 extern void event_log(const char *event, const char *fmt,...) pg_attribute_printf(2, 3);
 extern bool migration_lock_try(void);
+extern bool migration_lock_wait(int wait_ms);
 extern void migration_lock_release(void);
 extern bool migration_lock_held_elsewhere(void);
 extern void require_nonatomic(FunctionCallInfo fcinfo, const char *procname,

@@ -22,6 +22,9 @@
 #include "miscadmin.h"
 #include "nodes/execnodes.h"
 #include "storage/lock.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+#include "storage/latch.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
@@ -373,6 +376,28 @@ migration_lock_try(void)
 
 	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, ZDM_LOCK_KEY1, ZDM_LOCK_KEY2, 2);
 	return LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL;
+}
+
+/*
+ * migration_lock_wait: migration_lock_try, retried for up to wait_ms (for
+ * a worker finishing its cleanup); interruptible.
+ */
+bool
+migration_lock_wait(int wait_ms)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   wait_ms);
+
+	while (!migration_lock_try())
+	{
+		if (GetCurrentTimestamp() >= deadline)
+			return false;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 100, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+	return true;
 }
 
 /*
