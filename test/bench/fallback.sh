@@ -210,7 +210,7 @@ phase_figures() {
 }
 
 print_results() {
-    local pgver line name value unit
+    local pgver line
     pgver=$(sql src postgres -c "SHOW server_version")
     echo
     echo "============================ pg_zdm fallback benchmark ============================"
@@ -249,16 +249,7 @@ print_results() {
     echo "BENCH_INFO command=\"$COMMAND_LINE\" mode=$MODE"
     echo "BENCH_INFO nproc=$(nproc) postgresql=\"$pgver\" kernel=\"$(uname -r)\""
     echo "BENCH_INFO tps=$TPS persistent=$PERSISTENT reconnect=$RECONNECT long=$LONG warmup_ms=$WARMUP_MS rounds=$ROUNDS plain=$PLAIN"
-    for line in "${RESULT_LINES[@]}"; do
-        read -r name value unit <<<"$line"
-        echo "BENCH $name=$value unit=$unit"
-    done
-    if [[ ${#FAILURES[@]} -gt 0 ]]; then
-        echo
-        for line in "${FAILURES[@]}"; do
-            echo "BENCH FAILURE: $line"
-        done
-    fi
+    bench_lines
 }
 
 LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)

@@ -52,6 +52,22 @@ figure() {
     RESULT_LINES+=("$1 $2 $3")
 }
 
+# bench_lines: the BENCH lines of every figure(), then a BENCH FAILURE line
+# for each thing that went wrong (the callers print their BENCH_INFO first).
+bench_lines() {
+    local line name value unit
+    for line in "${RESULT_LINES[@]}"; do
+        read -r name value unit <<<"$line"
+        echo "BENCH $name=$value unit=$unit"
+    done
+    if [[ ${#FAILURES[@]} -gt 0 ]]; then
+        echo
+        for line in "${FAILURES[@]}"; do
+            echo "BENCH FAILURE: $line"
+        done
+    fi
+}
+
 # psql into database $2 of cluster $1, unaligned, tuples only, quiet.
 sql() {
     local cluster=$1 db=$2

@@ -492,7 +492,7 @@ bench_catchup() {
 # --- output -----------------------------------------------------------------
 
 print_results() {
-    local pgver line name value unit
+    local pgver line
     pgver=$(sql src postgres -c "SHOW server_version")
     echo
     echo "================================ pg_zdm benchmark ================================"
@@ -550,16 +550,7 @@ print_results() {
     echo "BENCH_INFO command=\"$COMMAND_LINE\" mode=$MODE"
     echo "BENCH_INFO nproc=$(nproc) postgresql=\"$pgver\" kernel=\"$(uname -r)\""
     echo "BENCH_INFO tps=$TPS persistent=$PERSISTENT reconnect=$RECONNECT long=$LONG warmup_ms=$WARMUP_MS rounds=$ROUNDS sequences=$SEQS tables=$TABLES burst_rows=$BURST_ROWS catchup_reps=$CATCHUP_REPS"
-    for line in "${RESULT_LINES[@]}"; do
-        read -r name value unit <<<"$line"
-        echo "BENCH $name=$value unit=$unit"
-    done
-    if [[ ${#FAILURES[@]} -gt 0 ]]; then
-        echo
-        for line in "${FAILURES[@]}"; do
-            echo "BENCH FAILURE: $line"
-        done
-    fi
+    bench_lines
 }
 
 LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
