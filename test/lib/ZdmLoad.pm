@@ -57,6 +57,37 @@ my %live_pids;
 # columns client and seq, and should have UNIQUE (client, seq)).  Their
 # output files go to dir (a fresh temporary directory by default).  They
 # connect as role user (default: the test's superuser).
+# tables_sql(): the tables the cross-version and fallback tests load with
+# writers -- a serial key, an identity key, a quoted mixed-case name, and a
+# keyless table with REPLICA IDENTITY FULL -- each with (client, seq) for
+# the writers' unique keys.
+sub tables_sql
+{
+	return q{
+CREATE TABLE t_serial (
+    id serial PRIMARY KEY,
+    client integer NOT NULL,
+    seq integer NOT NULL,
+    note text,
+    UNIQUE (client, seq)
+);
+CREATE TABLE t_ident (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    client integer NOT NULL,
+    seq integer NOT NULL,
+    UNIQUE (client, seq)
+);
+CREATE TABLE "MiXeD_Case" (
+    "Id" bigserial PRIMARY KEY,
+    client integer NOT NULL,
+    seq integer NOT NULL,
+    UNIQUE (client, seq)
+);
+CREATE TABLE t_keyless (client integer NOT NULL, seq integer NOT NULL, note text);
+ALTER TABLE t_keyless REPLICA IDENTITY FULL;
+};
+}
+
 sub new
 {
 	my ($class, $node, $dbname, %opts) = @_;

@@ -58,28 +58,7 @@ my @LOAD_TABLES = ('t_serial', 't_ident', '"MiXeD_Case"', 't_keyless', 't_part')
 sub schema_sql
 {
 	my ($major) = @_;
-	my $sql = q{
-CREATE TABLE t_serial (
-    id serial PRIMARY KEY,
-    client integer NOT NULL,
-    seq integer NOT NULL,
-    note text,
-    UNIQUE (client, seq)
-);
-CREATE TABLE t_ident (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    client integer NOT NULL,
-    seq integer NOT NULL,
-    UNIQUE (client, seq)
-);
-CREATE TABLE "MiXeD_Case" (
-    "Id" bigserial PRIMARY KEY,
-    client integer NOT NULL,
-    seq integer NOT NULL,
-    UNIQUE (client, seq)
-);
-CREATE TABLE t_keyless (client integer NOT NULL, seq integer NOT NULL, note text);
-ALTER TABLE t_keyless REPLICA IDENTITY FULL;
+	my $sql = ZdmLoad::tables_sql() . q{
 CREATE TABLE t_part (client integer NOT NULL, seq integer NOT NULL)
     PARTITION BY RANGE (client);
 CREATE TABLE t_part_low PARTITION OF t_part FOR VALUES FROM (MINVALUE) TO (2);

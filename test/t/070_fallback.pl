@@ -66,28 +66,7 @@ my @FENCED = ('t_serial', 't_ident', '"MiXeD_Case"', 't_keyless', 't_trunc',
 my $source = start_source('source', "log_statement = ddl\n");
 my $target = start_fallback_target('target', "log_statement = ddl\n");
 
-same_schema_on_both($source, $target, q{
-CREATE TABLE t_serial (
-    id serial PRIMARY KEY,
-    client integer NOT NULL,
-    seq integer NOT NULL,
-    note text,
-    UNIQUE (client, seq)
-);
-CREATE TABLE t_ident (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    client integer NOT NULL,
-    seq integer NOT NULL,
-    UNIQUE (client, seq)
-);
-CREATE TABLE "MiXeD_Case" (
-    "Id" bigserial PRIMARY KEY,
-    client integer NOT NULL,
-    seq integer NOT NULL,
-    UNIQUE (client, seq)
-);
-CREATE TABLE t_keyless (client integer NOT NULL, seq integer NOT NULL, note text);
-ALTER TABLE t_keyless REPLICA IDENTITY FULL;
+same_schema_on_both($source, $target, ZdmLoad::tables_sql() . q{
 CREATE TABLE t_trunc (id integer PRIMARY KEY);
 CREATE TABLE t_part (client integer NOT NULL, seq integer NOT NULL, note text,
     PRIMARY KEY (client, seq)) PARTITION BY RANGE (client);

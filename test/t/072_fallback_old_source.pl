@@ -51,29 +51,7 @@ plan skip_all => 'none of the sources ' . join(', ', @VERSIONS)
 
 my @LOAD_TABLES = ('t_serial', 't_ident', '"MiXeD_Case"', 't_keyless');
 
-my $SCHEMA = q{
-CREATE TABLE t_serial (
-    id serial PRIMARY KEY,
-    client integer NOT NULL,
-    seq integer NOT NULL,
-    note text,
-    UNIQUE (client, seq)
-);
-CREATE TABLE t_ident (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    client integer NOT NULL,
-    seq integer NOT NULL,
-    UNIQUE (client, seq)
-);
-CREATE TABLE "MiXeD_Case" (
-    "Id" bigserial PRIMARY KEY,
-    client integer NOT NULL,
-    seq integer NOT NULL,
-    UNIQUE (client, seq)
-);
-CREATE TABLE t_keyless (client integer NOT NULL, seq integer NOT NULL, note text);
-ALTER TABLE t_keyless REPLICA IDENTITY FULL;
-};
+my $SCHEMA = ZdmLoad::tables_sql();
 
 # Wait until every writer of load has a record matching cond.
 sub each_writer
