@@ -70,6 +70,47 @@ sub digest
 }
 my @tables = ('big', 'ins', 'del', 'conv', 'logtab', q{"Odd Schema"."Mixed ""Name"""});
 
+# How many of the seven indexes and primary keys that the copy sets aside
+# are on the target.
+sub indexes_present
+{
+	return $target->safe_psql('app', q{
+SELECT count(*) FROM pg_class
+WHERE relname IN ('big_v', 'Odd "idx"', 'big_pkey', 'del_pkey', 'ins_pkey', 'conv_pkey', 'Mixed "Name"_pkey')
+  AND relkind = 'i'});
+}
+
+# Copy tasks and copy workers left on the target, as one count.
+sub copy_leftovers
+{
+	return $target->safe_psql('app', q{
+SELECT (SELECT count(*) FROM zdm.copy_task)
+     + (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_zdm copy')});
+}
+
+# A session here that runs $sql (which takes $mode on $relation) in a
+# transaction and then sleeps in it; returned once the lock is granted.
+sub hold_lock
+{
+	my ($sql, $relation, $mode, $label) = @_;
+	my $bg = background_sql($target, 'app',
+		"BEGIN; $sql; SELECT pg_sleep(600); COMMIT;");
+	ok($target->poll_query_until('app',
+			"SELECT count(*) > 0 FROM pg_locks WHERE relation = '$relation'::regclass AND mode = '$mode' AND granted"),
+		$label);
+	return $bg;
+}
+
+# End the sleeping session of $node (hold_lock's, or one like it) and
+# collect it.
+sub release
+{
+	my ($node, $bg) = @_;
+	$node->safe_psql('app',
+		"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(600)%' AND pid <> pg_backend_pid()");
+	return finish_background_sql($bg);
+}
+
 # pgbench on the source for $secs seconds: each transaction adds 1 to a
 # counter of big, inserts a row and deletes one.
 sub start_writes
@@ -228,8 +269,7 @@ is(migration_leftovers($target, $source), '', 'nothing left on either side');
 is($target->safe_psql('app',
 		'SELECT (SELECT count(*) FROM big) + (SELECT count(*) FROM del) + (SELECT count(*) FROM ins)'),
 	'0', 'the tables are empty again');
-is($target->safe_psql('app',
-		q{SELECT count(*) FROM pg_class WHERE relname IN ('big_v', 'Odd "idx"', 'big_pkey', 'del_pkey', 'ins_pkey', 'conv_pkey', 'Mixed "Name"_pkey') AND relkind = 'i'}),
+is(indexes_present(),
 	'7', 'the indexes and primary keys set aside are back');
 $target->safe_psql('app', 'DROP TRIGGER del_small ON del; DROP FUNCTION del_small()');
 
@@ -237,10 +277,7 @@ $target->safe_psql('app', 'DROP TRIGGER del_small ON del; DROP FUNCTION del_smal
 # A session here holds a lock on logtab (which has no index to set aside)
 # that lets readers (init) through but not writers: the worker copying
 # logtab waits for it.
-my $locker = background_sql($target, 'app',
-	'BEGIN; LOCK logtab IN SHARE MODE; SELECT pg_sleep(600); COMMIT;');
-ok($target->poll_query_until('app',
-		"SELECT count(*) > 0 FROM pg_locks WHERE relation = 'logtab'::regclass AND mode = 'ShareLock' AND granted"),
+my $locker = hold_lock('LOCK logtab IN SHARE MODE', 'logtab', 'ShareLock',
 	'a session locks logtab here');
 ($ret, $stdout, $stderr) = psql_verbose($target, 'app',
 	"SET zdm.copy_index_set_aside_size = 0;\n" . "CALL zdm.init('$dsn', copy_method => 'parallel', copy_jobs => 2);");
@@ -255,9 +292,7 @@ my $abort = background_sql($target, 'app', 'CALL zdm.abort()');
 ok($target->poll_query_until('app',
 		q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'pg_zdm copy'}),
 	'abort stops the copy workers');
-$target->safe_psql('app',
-	"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(600)%' AND pid <> pg_backend_pid()");
-finish_background_sql($locker);
+release($target, $locker);
 ($ret, $stdout, $stderr) = finish_background_sql($abort);
 is($ret, 0, 'abort during the copy') or diag $stderr;
 is($target->safe_psql('app',
@@ -267,15 +302,11 @@ is(migration_leftovers($target, $source), '', 'nothing left on either side');
 is($target->safe_psql('app',
 		'SELECT (SELECT count(*) FROM big) + (SELECT count(*) FROM del) + (SELECT count(*) FROM logtab) + (SELECT count(*) FROM "Odd Schema"."Mixed ""Name""")'),
 	'0', 'the tables are empty again');
-is($target->safe_psql('app',
-		q{SELECT count(*) FROM pg_class WHERE relname IN ('big_v', 'Odd "idx"', 'big_pkey', 'del_pkey', 'ins_pkey', 'conv_pkey', 'Mixed "Name"_pkey') AND relkind = 'i'}),
+is(indexes_present(),
 	'7', 'the indexes and primary keys set aside are back');
 
 # --- 4. a restart of the target in the middle of the copy ------------------
-$locker = background_sql($target, 'app',
-	'BEGIN; LOCK logtab IN SHARE MODE; SELECT pg_sleep(600); COMMIT;');
-ok($target->poll_query_until('app',
-		"SELECT count(*) > 0 FROM pg_locks WHERE relation = 'logtab'::regclass AND mode = 'ShareLock' AND granted"),
+$locker = hold_lock('LOCK logtab IN SHARE MODE', 'logtab', 'ShareLock',
 	'a session locks logtab here again');
 ($ret, $stdout, $stderr) = psql_verbose($target, 'app',
 	"SET zdm.copy_index_set_aside_size = 0;\n"
@@ -299,8 +330,7 @@ is(migration_leftovers($target, $source), '', 'nothing left on either side after
 is($target->safe_psql('app',
 		'SELECT (SELECT count(*) FROM big) + (SELECT count(*) FROM del) + (SELECT count(*) FROM logtab) + (SELECT count(*) FROM conv)'),
 	'0', 'the tables are empty again after the restart');
-is($target->safe_psql('app',
-		q{SELECT count(*) FROM pg_class WHERE relname IN ('big_v', 'Odd "idx"', 'big_pkey', 'del_pkey', 'ins_pkey', 'conv_pkey', 'Mixed "Name"_pkey') AND relkind = 'i'}),
+is(indexes_present(),
 	'7', 'the indexes and primary keys set aside are back after the restart');
 
 # --- 5. init cancelled while the source creates the slot --------------------
@@ -319,19 +349,13 @@ $target->safe_psql('app',
 	"SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE 'CALL zdm.init%' AND pid <> pg_backend_pid()");
 ($ret, $stdout, $stderr) = finish_background_sql($init);
 like($stderr, qr/ERROR:  57014/, 'init is cancelled');
-$source->safe_psql('app',
-	"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(600)%' AND pid <> pg_backend_pid()");
-finish_background_sql($holder);
+release($source, $holder);
 is(migration_leftovers($target, $source), '', 'a cancelled init leaves nothing on either side');
-is($target->safe_psql('app',
-		q{SELECT (SELECT count(*) FROM zdm.copy_task) + (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_zdm copy')}),
+is(copy_leftovers(),
 	'0', 'no copy task and no copy worker');
 
 # --- 6. a target table in use: init says which, and leaves nothing ---------
-my $reader = background_sql($target, 'app',
-	'BEGIN; SELECT count(*) FROM del; SELECT pg_sleep(600); COMMIT;');
-ok($target->poll_query_until('app',
-		"SELECT count(*) > 0 FROM pg_locks WHERE relation = 'del'::regclass AND mode = 'AccessShareLock' AND granted"),
+my $reader = hold_lock('SELECT count(*) FROM del', 'del', 'AccessShareLock',
 	'a session here has read del in an open transaction');
 ($ret, $stdout, $stderr) = psql_verbose($target, 'app',
 	"SET zdm.copy_index_set_aside_size = 0; SET lock_timeout = '1s';\n"
@@ -340,15 +364,11 @@ is(sqlstate_of($stderr), '55P03', 'init fails with 55P03');
 like($stderr, qr/ERROR:  55P03: table public\.del is locked by another session on this target/,
 	'naming the table');
 like($stderr, qr/HINT:  .*copy_method => 'native'/, 'with a hint');
-$target->safe_psql('app',
-	"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(600)%' AND pid <> pg_backend_pid()");
-finish_background_sql($reader);
+release($target, $reader);
 is(migration_leftovers($target, $source), '', 'nothing left on either side after the lock timeout');
-is($target->safe_psql('app',
-		q{SELECT (SELECT count(*) FROM zdm.copy_task) + (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_zdm copy')}),
+is(copy_leftovers(),
 	'0', 'no copy task and no copy worker after the lock timeout');
-is($target->safe_psql('app',
-		q{SELECT count(*) FROM pg_class WHERE relname IN ('big_v', 'Odd "idx"', 'big_pkey', 'del_pkey', 'ins_pkey', 'conv_pkey', 'Mixed "Name"_pkey') AND relkind = 'i'}),
+is(indexes_present(),
 	'7', 'no index was set aside');
 
 done_testing();
