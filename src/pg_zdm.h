@@ -133,7 +133,6 @@ typedef struct MigrationState
 	char	   *final_lsn;		/* NULL until cut over */
 	char	   *completed_at;	/* NULL until cut over */
 	char	   *fallback_conninfo;	/* NULL unless cut over with fallback */
-	char	   *fallback_display;
 	char	   *fallback_name;	/* reverse subscription and slot */
 	char	   *fallback_lsn;	/* NULL until fallen back */
 } MigrationState;

@@ -15,24 +15,24 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "nodes/execnodes.h"
-#include "storage/lock.h"
-#include "utils/timestamp.h"
-#include "utils/wait_event.h"
+#include "nodes/makefuncs.h"
 #include "storage/latch.h"
+#include "storage/lock.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
-#include "catalog/namespace.h"
-#include "catalog/pg_class.h"
-#include "nodes/makefuncs.h"
-#include "access/htup_details.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
 
 #include "pg_zdm.h"
 
@@ -130,7 +130,7 @@ read_state(void *arg)
 	if (zdm_spi_execute("SELECT source_conninfo, source_display, publication_name, "
 						"slot_name, subscription_name, ignore_missing, defer_copy, "
 						"phase, final_lsn, completed_at, fallback_conninfo, "
-						"fallback_display, fallback_name, fallback_lsn "
+						"fallback_name, fallback_lsn "
 						"FROM zdm.migration", 0, NULL, NULL, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read zdm.migration");
 	if (SPI_processed == 1)
@@ -150,9 +150,8 @@ read_state(void *arg)
 		state->final_lsn = spi_text(tup, desc, 9);
 		state->completed_at = spi_text(tup, desc, 10);
 		state->fallback_conninfo = spi_text(tup, desc, 11);
-		state->fallback_display = spi_text(tup, desc, 12);
-		state->fallback_name = spi_text(tup, desc, 13);
-		state->fallback_lsn = spi_text(tup, desc, 14);
+		state->fallback_name = spi_text(tup, desc, 12);
+		state->fallback_lsn = spi_text(tup, desc, 13);
 		MemoryContextSwitchTo(oldcxt);
 		read->found = true;
 	}

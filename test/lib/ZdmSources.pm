@@ -26,6 +26,7 @@ use warnings;
 
 use Exporter 'import';
 use PostgreSQL::Test::Utils;
+use Time::HiRes qw(time);
 
 our @EXPORT = qw(source_installs forget_unknown_settings with_source_and_target);
 
@@ -105,20 +106,25 @@ sub forget_unknown_settings
 	return;
 }
 
-# with_source_and_target(install, source_conf, code): a source of that
-# installation (ZdmTest::start_source, with the extra settings source_conf)
-# and a target of this build, both named after the major version; runs
-# code->(source, target), then stops both.  Code that dies is a failed test,
-# and the next version still runs.
+# with_source_and_target(install, source_conf, code, start_target): a
+# source of that installation (ZdmTest::start_source, with the extra
+# settings source_conf) and a target of this build (start_target->(name),
+# ZdmTest::start_target unless given), both named after the major version;
+# runs code->(source, target), then stops both.  Code that dies is a failed
+# test, and the next version still runs.  Returns a line saying how many
+# assertions ran for this version, how many failed, and how long it took.
 sub with_source_and_target
 {
-	my ($install, $conf, $code) = @_;
+	my ($install, $conf, $code, $start_target) = @_;
 	my $major = $install->{major};
+	my $started = time;
+	my $tests_before = Test::More->builder->current_test;
 	my ($source, $target);
+	$start_target //= \&ZdmTest::start_target;
 	my $ok = eval {
 		$source = ZdmTest::start_source("source$major", $conf,
 			install_path => $install->{install_path});
-		$target = ZdmTest::start_target("target$major");
+		$target = $start_target->("target$major");
 		$code->($source, $target);
 		1;
 	};
@@ -126,7 +132,11 @@ sub with_source_and_target
 
 	$target->stop if $target;
 	$source->stop if $source;
-	return;
+	my @details = (Test::More->builder->details)
+	  [ $tests_before .. Test::More->builder->current_test - 1 ];
+	return sprintf('source %s: %d assertions, %d failed, %.0f s',
+		$install->{version}, scalar(@details),
+		scalar(grep { !$_->{ok} } @details), time - $started);
 }
 
 1;

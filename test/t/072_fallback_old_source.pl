@@ -230,27 +230,10 @@ SELECT count(*) FROM (SELECT client, seq FROM t_keyless GROUP BY 1, 2 HAVING cou
 my @summary;
 foreach my $install (@installs)
 {
-	my $major = $install->{major};
-	my $start = time;
-	my ($source, $target);
-	my $tests_before = Test::More->builder->current_test;
-
-	my $ok = eval {
-		$source = start_source("source$major",
-			"log_statement = ddl\nmax_connections = 30\n",
-			install_path => $install->{install_path});
-		$target = start_fallback_target("target$major", "log_statement = ddl\n");
-		fallback_from($install, $source, $target);
-		1;
-	};
-	fail("PG$install->{version}: the test died: $@") unless $ok;
-
-	$target->stop if $target;
-	$source->stop if $source;
-	my @details = (Test::More->builder->details)[ $tests_before .. Test::More->builder->current_test - 1 ];
-	my $bad = grep { !$_->{ok} } @details;
-	push @summary, sprintf('source %s: %d assertions, %d failed, %.0f s',
-		$install->{version}, scalar(@details), $bad, time - $start);
+	push @summary,
+	  with_source_and_target($install, "log_statement = ddl\nmax_connections = 30\n",
+		sub { fallback_from($install, @_) },
+		sub { start_fallback_target($_[0], "log_statement = ddl\n") });
 	note $summary[-1];
 }
 diag join("\n", 'per source version:', @summary);
